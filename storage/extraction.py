@@ -1,0 +1,216 @@
+"""Running the frozen backbone over a dataset, once, into a feature store.
+
+Decoding and resizing run in a background thread while the backbone computes the previous batch. Shards already
+marked done are skipped, so a killed run resumes where it stopped; a complete store costs no backbone work at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from generalad.backbone import BackboneSpec, load_backbone
+from generalad.datasets.base import DatasetAdapter, Record
+from generalad.errors import ConfigError
+from generalad.images import load_mask
+from generalad.preprocess import PATCH_SIZE, preprocess_image, preprocess_mask
+from storage import urls
+from storage.feature_store import DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
+from storage.fingerprint import StoreFingerprint, fingerprint_for
+from storage.prefetch import prefetched
+
+__all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES"]
+
+FEATURE_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """What an extraction did: where the store is and how much backbone work it took."""
+
+    url: str
+    key: str
+    num_images: int
+    images_extracted: int  # images that went through the backbone in this call (0 when already complete)
+    shards_written: int
+    shards_skipped: int
+    seconds: float
+
+    @property
+    def reused(self) -> bool:
+        return self.images_extracted == 0
+
+
+def plan_store(
+    adapter: DatasetAdapter, spec: BackboneSpec, store_root: str, *, dtype: str = "float16"
+) -> tuple[str, StoreFingerprint]:
+    """The store URL and fingerprint that an extraction of `adapter` with `spec` would use."""
+    if dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"feature dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
+    manifest = adapter.manifest()
+    fingerprint = fingerprint_for(
+        dataset=adapter.name,
+        category=adapter.category,
+        spec=spec,
+        dtype=dtype,
+        manifest=manifest,
+        root=adapter.root,
+    )
+    return urls.join(store_root, fingerprint.dirname), fingerprint
+
+
+@contextlib.contextmanager
+def _writer_lock(url: str) -> Iterator[None]:
+    """One writer per local store at a time (others wait, then find it complete). Remote stores rely on the
+    writes being deterministic: two writers of a shard write the same bytes."""
+    if not urls.is_local(url):
+        yield
+        return
+    lock_path = Path(url + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _decode(adapter: DatasetAdapter, record: Record, image_size: int, with_mask: bool):
+    image = adapter.load_image(record)
+    pixels = preprocess_image(image, image_size)
+    if not with_mask:
+        return pixels, None
+    if record.mask_paths:
+        mask = load_mask([adapter.root / p for p in record.mask_paths], expected_size=image.size)
+        return pixels, preprocess_mask(mask, image_size)
+    return pixels, np.zeros((image_size, image_size), dtype=np.uint8)
+
+
+def extract_features(
+    adapter: DatasetAdapter,
+    spec: BackboneSpec,
+    store_root: str,
+    *,
+    dtype: str = "float16",
+    batch_size: int = 8,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    device: str = "cpu",
+    progress: bool = True,
+) -> ExtractionResult:
+    """Extract `adapter`'s images with `spec` into `<store_root>/<dataset>/<...>.zarr`, resuming a partial store.
+
+    Returns at once, without loading the backbone, when the store is already complete.
+    """
+    started = time.perf_counter()
+    url, fingerprint = plan_store(adapter, spec, store_root, dtype=dtype)
+    manifest = adapter.manifest()
+    if is_complete(url):
+        return ExtractionResult(url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started)
+    if len(manifest) == 0:
+        raise ConfigError(f"{adapter.describe()} has no images")
+
+    with _writer_lock(url):
+        if is_complete(url):  # another writer finished it while we waited
+            return ExtractionResult(
+                url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started
+            )
+        backbone = load_backbone(spec).to(device)
+        layout = StoreLayout(
+            num_images=len(manifest),
+            num_patches=backbone.num_patches,
+            embed_dim=backbone.embed_dim,
+            num_heads=backbone.num_heads,
+            image_size=spec.image_size,
+            dtype=dtype,
+            has_masks=adapter.has_masks,
+            shard_size=shard_size,
+        )
+        writer = StoreWriter(url, fingerprint, layout, manifest)
+        done = writer.done_shards()
+        todo = [s for s in range(layout.num_shards) if s not in done]
+        records = [_record(row) for row in manifest.itertuples(index=False)]
+        n_todo = sum(stop - start for start, stop in map(layout.shard_rows, todo))
+        bar = tqdm(
+            total=int(n_todo),
+            unit="img",
+            desc=f"extract {adapter.describe()} ({spec.arch}@{spec.image_size})",
+            disable=not progress,
+            file=sys.stderr,
+        )
+
+        def batches() -> Iterator:
+            for shard in todo:
+                start, stop = layout.shard_rows(shard)
+                for lo in range(start, stop, batch_size):
+                    hi = min(lo + batch_size, stop)
+                    last = hi == stop
+                    yield lambda lo=lo, hi=hi, shard=shard, last=last: (
+                        shard,
+                        last,
+                        [
+                            _decode(adapter, records[i], spec.image_size, adapter.has_masks)
+                            for i in range(lo, hi)
+                        ],
+                    )
+
+        tokens_acc: list[np.ndarray] = []
+        attn_acc: list[np.ndarray] = []
+        masks_acc: list[np.ndarray] = []
+        with torch.inference_mode():
+            for shard, last_of_shard, decoded in prefetched(batches(), depth=2):
+                images = torch.stack([pixels for pixels, _ in decoded]).to(device)
+                tokens, attn = backbone(images)
+                tokens_acc.append(tokens.float().cpu().numpy())
+                attn_acc.append(attn.float().cpu().numpy())
+                if adapter.has_masks:
+                    masks_acc.append(np.stack([mask for _, mask in decoded]))
+                bar.update(len(decoded))
+                if last_of_shard:
+                    writer.write_shard(
+                        shard,
+                        np.concatenate(tokens_acc),
+                        np.concatenate(attn_acc),
+                        np.concatenate(masks_acc) if masks_acc else None,
+                    )
+                    tokens_acc, attn_acc, masks_acc = [], [], []
+        bar.close()
+        writer.mark_complete(
+            {"backbone": spec.name, "weights": fingerprint.weights, "grid": spec.image_size // PATCH_SIZE}
+        )
+    return ExtractionResult(
+        url,
+        fingerprint.key,
+        len(manifest),
+        int(n_todo),
+        len(todo),
+        len(done),
+        time.perf_counter() - started,
+    )
+
+
+def _record(row) -> Record:
+    return Record(
+        image_id=row.image_id,
+        rel_path=row.rel_path,
+        split=row.split,
+        class_name=row.class_name,
+        label=int(row.label),
+        defect_type=row.defect_type,
+        mask_paths=tuple(row.mask_paths),
+    )
+
+
+def default_store_root() -> str:
+    """`$GENERALAD_STORE`, else `./stores`."""
+    return os.environ.get("GENERALAD_STORE", "stores")

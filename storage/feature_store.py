@@ -1,0 +1,311 @@
+"""The Zarr v3 feature store: layout, whole-shard writes, completeness, and streaming reads.
+
+Layout of one store (one group per store key):
+
+    <root>/<dataset>[-<category>]/<backbone>-<size>-<dtype>-<hash12>.zarr/
+        zarr.json             group attributes: schema version, key, fingerprint, shapes
+        tokens/               (n_images, N, E)  float16|float32, chunk = 1 image, shard = `shard_size` images
+        cls_attn/             (n_images, H, N)  same dtype and sharding
+        masks/                (n_images, S, S)  uint8 0/1 at the evaluation resolution (datasets with masks)
+        manifest.parquet      the dataset manifest, row i = image i of every array
+        _shards/NNNNN.json    per-shard marker with checksums, written after the shard's bytes
+        COMPLETE.json         written last, after every shard was verified
+
+A shard is the unit of writing: one writer writes all of it, then its marker. A store without COMPLETE.json is
+never read for training. Writes are deterministic, so two writers of the same shard write the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import zarr
+
+from generalad.errors import StoreError
+from generalad.feature_source import FeatureBatch
+from storage import urls
+from storage.fingerprint import SCHEMA_VERSION, StoreFingerprint
+from storage.prefetch import prefetched
+
+__all__ = ["FeatureStore", "StoreWriter", "StoreLayout", "shard_checksum", "DEFAULT_SHARD_SIZE"]
+
+DEFAULT_SHARD_SIZE = 32
+COMPLETE_FILE = "COMPLETE.json"
+MANIFEST_FILE = "manifest.parquet"
+SHARDS_DIR = "_shards"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Shapes of a store's arrays."""
+
+    num_images: int
+    num_patches: int
+    embed_dim: int
+    num_heads: int
+    image_size: int
+    dtype: str
+    has_masks: bool
+    shard_size: int = DEFAULT_SHARD_SIZE
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_images // self.shard_size)
+
+    def shard_rows(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.num_images)
+
+
+def shard_checksum(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _read_json(url: str) -> dict | None:
+    fs, path = urls.filesystem(url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+class StoreWriter:
+    """Creates a store (or reopens a partial one with the same key) and writes whole shards into it."""
+
+    def __init__(self, url: str, fingerprint: StoreFingerprint, layout: StoreLayout, manifest: pd.DataFrame):
+        self.url = urls.normalize(url)
+        self.fingerprint = fingerprint
+        self.layout = layout
+        if len(manifest) != layout.num_images:
+            raise StoreError(f"manifest has {len(manifest)} rows, layout says {layout.num_images} images")
+        self._group = self._open_or_create(manifest)
+
+    def _attrs(self) -> dict[str, Any]:
+        return {
+            "generalad_schema": SCHEMA_VERSION,
+            "key": self.fingerprint.key,
+            "fingerprint": self.fingerprint.as_dict(),
+            "layout": self.layout.__dict__,
+        }
+
+    def _open_or_create(self, manifest: pd.DataFrame) -> zarr.Group:
+        store = urls.zarr_store(self.url)
+        try:
+            group = zarr.open_group(store, mode="r+")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            group = None
+        if group is not None:
+            existing = dict(group.attrs)
+            if (
+                existing.get("key") != self.fingerprint.key
+                or existing.get("generalad_schema") != SCHEMA_VERSION
+            ):
+                raise StoreError(
+                    f"{self.url} exists but holds another store (key {existing.get('key')!r}, schema "
+                    f"{existing.get('generalad_schema')!r}); delete it or choose another store root"
+                )
+            return group
+        lay = self.layout
+        group = zarr.open_group(store, mode="w", attributes=self._attrs())
+        feature_dtype = np.dtype(lay.dtype)
+        # fp16 ViT tokens compress ~1.09x with zstd (DESIGN.md): not worth the CPU on every training read.
+        group.create_array(
+            "tokens",
+            shape=(lay.num_images, lay.num_patches, lay.embed_dim),
+            chunks=(1, lay.num_patches, lay.embed_dim),
+            shards=(lay.shard_size, lay.num_patches, lay.embed_dim),
+            dtype=feature_dtype,
+            compressors=None,
+        )
+        group.create_array(
+            "cls_attn",
+            shape=(lay.num_images, lay.num_heads, lay.num_patches),
+            chunks=(1, lay.num_heads, lay.num_patches),
+            shards=(lay.shard_size, lay.num_heads, lay.num_patches),
+            dtype=feature_dtype,
+            compressors=None,
+        )
+        if lay.has_masks:
+            group.create_array(
+                "masks",
+                shape=(lay.num_images, lay.image_size, lay.image_size),
+                chunks=(1, lay.image_size, lay.image_size),
+                shards=(lay.shard_size, lay.image_size, lay.image_size),
+                dtype=np.uint8,
+            )
+        table = pa.Table.from_pandas(manifest, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        urls.write_bytes_atomic(urls.join(self.url, MANIFEST_FILE), sink.getvalue().to_pybytes())
+        return group
+
+    def done_shards(self) -> set[int]:
+        fs, path = urls.filesystem(urls.join(self.url, SHARDS_DIR))
+        if not fs.exists(path):
+            return set()
+        return {
+            int(p.rsplit("/", 1)[-1].split(".")[0]) for p in fs.ls(path, detail=False) if p.endswith(".json")
+        }
+
+    def write_shard(
+        self, shard: int, tokens: np.ndarray, cls_attn: np.ndarray, masks: np.ndarray | None = None
+    ) -> None:
+        """Write every array of one shard, then its marker (the marker is what says the shard is there)."""
+        start, stop = self.layout.shard_rows(shard)
+        dtype = np.dtype(self.layout.dtype)
+        tokens, cls_attn = tokens.astype(dtype, copy=False), cls_attn.astype(dtype, copy=False)
+        if tokens.shape[0] != stop - start or cls_attn.shape[0] != stop - start:
+            raise StoreError(f"shard {shard} needs {stop - start} images, got {tokens.shape[0]}")
+        self._group["tokens"][start:stop] = tokens
+        self._group["cls_attn"][start:stop] = cls_attn
+        parts = [tokens, cls_attn]
+        if self.layout.has_masks:
+            if masks is None:
+                raise StoreError(f"shard {shard}: the store has masks but none were given")
+            masks = masks.astype(np.uint8, copy=False)
+            self._group["masks"][start:stop] = masks
+            parts.append(masks)
+        marker = {"shard": shard, "start": start, "stop": stop, "checksum": shard_checksum(*parts)}
+        urls.write_bytes_atomic(
+            urls.join(self.url, SHARDS_DIR, f"{shard:05d}.json"), json.dumps(marker).encode()
+        )
+
+    def verify(self) -> None:
+        """Read every shard back and compare with its marker's checksum; StoreError on any difference."""
+        names = ["tokens", "cls_attn"] + (["masks"] if self.layout.has_masks else [])
+        for shard in range(self.layout.num_shards):
+            marker = _read_json(urls.join(self.url, SHARDS_DIR, f"{shard:05d}.json"))
+            if marker is None:
+                raise StoreError(f"{self.url}: shard {shard} was never written")
+            start, stop = self.layout.shard_rows(shard)
+            actual = shard_checksum(*(self._group[n][start:stop] for n in names))
+            if actual != marker["checksum"]:
+                raise StoreError(
+                    f"{self.url}: shard {shard} does not match its checksum; rerun to rewrite it"
+                )
+
+    def mark_complete(self, info: dict[str, Any] | None = None) -> None:
+        """Verify, consolidate metadata once, then publish COMPLETE.json: only now may the store be read."""
+        self.verify()
+        zarr.consolidate_metadata(urls.zarr_store(self.url))
+        payload = {"key": self.fingerprint.key, "num_images": self.layout.num_images, **(info or {})}
+        urls.write_bytes_atomic(urls.join(self.url, COMPLETE_FILE), json.dumps(payload, indent=2).encode())
+
+
+def is_complete(url: str) -> bool:
+    return urls.exists(urls.join(url, COMPLETE_FILE))
+
+
+class FeatureStore:
+    """A complete store opened for reading; a `FeatureSource` for training and evaluation."""
+
+    def __init__(self, url: str, *, prefetch: int = 2):
+        self.url = urls.normalize(url)
+        if not urls.exists(self.url):
+            raise StoreError(f"no feature store at {self.url}")
+        if not is_complete(self.url):
+            raise StoreError(
+                f"feature store {self.url} is incomplete (no {COMPLETE_FILE}); rerun the extraction to finish it"
+            )
+        group = zarr.open_group(urls.zarr_store(self.url, read_only=True), mode="r")
+        attrs = dict(group.attrs)
+        schema = attrs.get("generalad_schema")
+        if schema != SCHEMA_VERSION:
+            raise StoreError(
+                f"feature store {self.url} has schema version {schema!r}; this generalad reads version "
+                f"{SCHEMA_VERSION}. Re-extract the features (the old store is never reused)."
+            )
+        self.attrs = attrs
+        self.fingerprint = attrs["fingerprint"]
+        self.layout = StoreLayout(**attrs["layout"])
+        self._tokens = group["tokens"]
+        self._attn = group["cls_attn"]
+        self._masks = group["masks"] if self.layout.has_masks else None
+        self.prefetch = prefetch
+        self._manifest: pd.DataFrame | None = None
+
+    @classmethod
+    def open(cls, url: str, **kwargs) -> FeatureStore:
+        return cls(url, **kwargs)
+
+    # FeatureSource protocol
+    @property
+    def num_images(self) -> int:
+        return self.layout.num_images
+
+    @property
+    def num_patches(self) -> int:
+        return self.layout.num_patches
+
+    @property
+    def embed_dim(self) -> int:
+        return self.layout.embed_dim
+
+    @property
+    def num_heads(self) -> int:
+        return self.layout.num_heads
+
+    @property
+    def image_size(self) -> int:
+        return self.layout.image_size
+
+    @property
+    def has_masks(self) -> bool:
+        return self.layout.has_masks
+
+    @property
+    def key(self) -> str:
+        return self.attrs["key"]
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        if self._manifest is None:
+            fs, path = urls.filesystem(urls.join(self.url, MANIFEST_FILE))
+            with fs.open(path, "rb") as handle:
+                frame = pq.read_table(handle).to_pandas()
+            frame["mask_paths"] = frame["mask_paths"].map(lambda v: tuple(v) if v is not None else ())
+            self._manifest = frame
+        return self._manifest
+
+    def read(self, rows: Sequence[int]) -> FeatureBatch:
+        """Tokens and attention of `rows` (any order) as float32 tensors."""
+        index = np.asarray(rows, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.num_images):
+            raise StoreError(f"row index out of range 0..{self.num_images - 1}")
+        tokens = _take(self._tokens, index)
+        attn = _take(self._attn, index)
+        return torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(attn.astype(np.float32))
+
+    def masks(self, rows: Sequence[int]) -> np.ndarray:
+        if self._masks is None:
+            raise StoreError(f"feature store {self.url} has no masks")
+        return _take(self._masks, np.asarray(rows, dtype=np.int64))
+
+    def iter_batches(self, batches: Iterable[Sequence[int]]) -> Iterator[FeatureBatch]:
+        """One batch per index list, read ahead by `prefetch` batches in a background thread."""
+        return prefetched(((lambda rows=rows: self.read(rows)) for rows in batches), depth=self.prefetch)
+
+
+def _take(array: zarr.Array, index: np.ndarray) -> np.ndarray:
+    """array[index] along axis 0, reading a contiguous range in one request when the rows are consecutive."""
+    if index.size == 0:
+        return np.empty((0, *array.shape[1:]), dtype=array.dtype)
+    if index.size > 1 and np.all(np.diff(index) == 1):
+        return array[int(index[0]) : int(index[-1]) + 1]
+    order = np.argsort(index, kind="stable")
+    data = array.get_orthogonal_selection((index[order],))
+    out = np.empty_like(data)
+    out[order] = data
+    return out
