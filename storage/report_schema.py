@@ -72,6 +72,7 @@ STATUSES: tuple[str, ...] = ("ok", "failed")
 METRIC_IMPLS: dict[str, str] = {
     "image_auroc": "sklearn.roc_auc_score",
     "image_ap": "sklearn.average_precision_score",
+    "image_f1_max": "sklearn.precision_recall_curve.f1_max",
     "pixel_auroc": "sklearn.roc_auc_score",
     "pixel_ap": "sklearn.average_precision_score",
     "aupro": "aupro_mvtec_fpr0.3",
