@@ -264,11 +264,12 @@ def environment_identity() -> dict[str, str | None]:
     }
 
 
-# configuration columns that define a training run, hashed into `config_hash` when the caller does not give one
+# what defines one training run (the normal class included), hashed into `config_hash` when the caller gives none
 _CONFIG_COLUMNS = (
     "method",
     "dataset",
     "category",
+    "class_name",
     "backbone",
     "weights",
     "image_size",
