@@ -1,0 +1,389 @@
+"""Experiment suites as data: which (dataset, backbone, preset overrides, classes, seeds, shots) to run.
+
+A suite is a named tuple of `SuiteEntry`s; the paper's tables are named suites (`table1` ... `table5`, `fig4`),
+plus `quickstart` (the synthetic offline dataset, minutes on 2 CPU cores) and `smoke` (the tiniest run). The
+`reproduce-all` flow expands an entry into one training task per (class, seed, shots). Dataset roots come from
+`generalad.toml` and `GENERALAD_DATA_<NAME>` environment variables (`dataset_roots`); `missing_datasets` says
+which roots a suite still needs and how to get each dataset.
+
+This module is plain data and stdlib: no Prefect, no torch.
+
+Example:
+    >>> suite = get_suite("table2")
+    >>> [e.dataset for e in suite.entries][:2]
+    ['mvtec_ad', 'mvtec_ad']
+    >>> missing_datasets(suite, dataset_roots())  # doctest: +SKIP
+    {'visa': 'visa: no root set (...); how to get it: ...'}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from generalad.errors import ConfigError
+
+__all__ = [
+    "SuiteEntry",
+    "Suite",
+    "SUITES",
+    "PAPER_DATASETS",
+    "PAPER_BACKBONES",
+    "REG4_BACKBONES",
+    "HOW_TO_GET",
+    "CONFIG_ENV",
+    "DATA_ENV_PREFIX",
+    "DEFAULT_CONFIG",
+    "FIG4_SIGMAS",
+    "FIG4_TOP_KS",
+    "get_suite",
+    "list_suites",
+    "dataset_roots",
+    "missing_datasets",
+]
+
+PATCH_SIZE = 14
+CONFIG_ENV = "GENERALAD_CONFIG"
+DATA_ENV_PREFIX = "GENERALAD_DATA_"
+DEFAULT_CONFIG = "generalad.toml"
+
+# the ten datasets of the paper's Table 1, in its column order (dataset registry names)
+PAPER_DATASETS: tuple[str, ...] = (
+    "cifar10",
+    "cifar100",
+    "fmnist",
+    "view",
+    "aircraft",
+    "cars",
+    "mvtec_ad",
+    "mvtec_loco",
+    "visa",
+    "mpdd",
+)
+PAPER_BACKBONES: tuple[str, ...] = (
+    "vit_small_patch14_dinov2",
+    "vit_base_patch14_dinov2",
+    "vit_large_patch14_dinov2",
+)
+REG4_BACKBONES: tuple[str, ...] = (
+    "vit_small_patch14_reg4_dinov2",
+    "vit_base_patch14_reg4_dinov2",
+    "vit_large_patch14_reg4_dinov2",
+)
+_VIT_B = PAPER_BACKBONES[1]
+# one dataset per anomaly type (semantic, near-distribution, industrial, logical): the paper's ablation set
+_REPRESENTATIVE: tuple[str, ...] = ("cifar10", "aircraft", "mvtec_ad", "mvtec_loco")
+
+# one line each: where a dataset comes from, printed when its root is missing
+HOW_TO_GET: Mapping[str, str] = MappingProxyType(
+    {
+        "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it",
+        "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it",
+        "fmnist": "download the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist "
+        "(data/fashion/) into one folder",
+        "view": "download the Kaggle dataset puneet6060/intel-image-classification (seg_train, seg_test) and unzip it",
+        "aircraft": "download fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ "
+        "and extract it as it is",
+        "cars": "get the Stanford-Cars release (cars_train, cars_test, devkit, cars_test_annos_withlabels.mat), "
+        "e.g. from its Kaggle mirror",
+        "mvtec_ad": "download mvtec_anomaly_detection.tar.xz from "
+        "https://www.mvtec.com/company/research/datasets/mvtec-ad and extract it",
+        "mvtec_loco": "download mvtec_loco_anomaly_detection.tar.xz from "
+        "https://www.mvtec.com/company/research/datasets/mvtec-loco and extract it",
+        "visa": "download VisA_20220922.tar and split_csv/1cls.csv from https://github.com/amazon-science/spot-diff",
+        "mpdd": "download MPDD via the link in https://github.com/stepanje/MPDD's README and extract it",
+        "quickstart": 'generate it offline: python -c "from generalad.datasets import generate_quickstart; '
+        "generate_quickstart('PATH')\"",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One block of experiments: a dataset and backbone, its classes, seeds, shot counts and preset overrides.
+
+    Args:
+        dataset: dataset registry name (`generalad.datasets.list_datasets()`).
+        categories: the normal classes / categories to run; None = every normal class of the dataset.
+        backbone: timm DINOv2 name (without pretrained tag).
+        image_size: input side in pixels, a multiple of 14 (518 = the paper's 37 x 37 patches).
+        views: distortion views overriding the dataset preset; None = the preset's.
+        sigma: noise standard deviation overriding the preset; None = the preset's (0.25).
+        top_k: patches averaged into the image score; None = the preset's (10 industrial, N otherwise).
+        epochs: training epochs; None = the preset's.
+        seeds: one run per seed.
+        shots: few-shot training sizes; None in the tuple = the full training set.
+        layers: backbone blocks whose tokens are kept (negative counts from the end).
+        weights: backbone weights ("hub", "random" or a file path); None = the caller's default (`--weights`).
+        pixel_metrics: also compute pixel AUROC / AUPRO (datasets with masks).
+        label: what this entry varies, for reports (e.g. "sigma=0.5"); "" for plain entries.
+    """
+
+    dataset: str
+    categories: tuple[str, ...] | None = None
+    backbone: str = PAPER_BACKBONES[0]
+    image_size: int = 518
+    views: tuple[str, ...] | None = None
+    sigma: float | None = None
+    top_k: int | None = None
+    epochs: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    shots: tuple[int | None, ...] = (None,)
+    layers: tuple[int, ...] = (-1,)
+    weights: str | None = None
+    pixel_metrics: bool = False
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.dataset):
+            raise ConfigError(f"suite entry: dataset must be a registry name, got {self.dataset!r}")
+        if self.categories is not None:
+            object.__setattr__(self, "categories", tuple(self.categories))
+            if not self.categories or not all(isinstance(c, str) and c for c in self.categories):
+                raise ConfigError(f"suite entry {self.dataset}: categories must be None or non-empty names")
+        if self.image_size < PATCH_SIZE or self.image_size % PATCH_SIZE:
+            raise ConfigError(
+                f"suite entry {self.dataset}: image_size must be a multiple of 14, got {self.image_size}"
+            )
+        for name in ("seeds", "shots", "layers"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ConfigError(
+                f"suite entry {self.dataset}: seeds must be non-negative ints, got {self.seeds}"
+            )
+        if not self.shots or any(s is not None and (not isinstance(s, int) or s < 1) for s in self.shots):
+            raise ConfigError(
+                f"suite entry {self.dataset}: shots must be None or ints >= 1, got {self.shots}"
+            )
+        if not self.layers or any(not isinstance(i, int) for i in self.layers):
+            raise ConfigError(f"suite entry {self.dataset}: layers must be block indices, got {self.layers}")
+        if self.views is not None:
+            object.__setattr__(self, "views", tuple(self.views))
+        if self.sigma is not None and not self.sigma > 0:
+            raise ConfigError(f"suite entry {self.dataset}: sigma must be > 0, got {self.sigma}")
+        for name in ("top_k", "epochs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"suite entry {self.dataset}: {name} must be an int >= 1, got {value}")
+
+    def overrides(self) -> dict[str, Any]:
+        """The preset fields this entry sets (for `preset_for(dataset).with_overrides(**entry.overrides())`)."""
+        values = {"views": self.views, "sigma": self.sigma, "top_k": self.top_k, "epochs": self.epochs}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def variants(self) -> list[tuple[int, int | None]]:
+        """Every (seed, shots) pair of the entry, shots outer, in order."""
+        return [(seed, shots) for shots in self.shots for seed in self.seeds]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named list of entries, and what it reproduces."""
+
+    name: str
+    description: str
+    entries: tuple[SuiteEntry, ...] = field(default_factory=tuple)
+
+    def datasets(self) -> list[str]:
+        """The datasets the suite reads, in first-use order."""
+        return list(dict.fromkeys(e.dataset for e in self.entries))
+
+
+def _entries(datasets: Iterable[str], backbones: Iterable[str], **common: Any) -> tuple[SuiteEntry, ...]:
+    return tuple(SuiteEntry(dataset=d, backbone=b, **common) for d in datasets for b in backbones)
+
+
+_NOISE_ALL = ("clean", "noise_all")
+_ABLATION_VIEWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("noise_all", _NOISE_ALL),
+    ("+noise_random", (*_NOISE_ALL, "noise_random")),
+    ("+attention_shuffle", (*_NOISE_ALL, "noise_random", "attention_shuffle")),
+)
+FIG4_SIGMAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+FIG4_TOP_KS: tuple[int, ...] = (1, 10, 100, 1369)
+
+SUITES: Mapping[str, Suite] = MappingProxyType(
+    {
+        "table1": Suite(
+            "table1",
+            "Paper Table 1: image AUROC on the 10 datasets with ViT-S/B/L (each dataset's preset).",
+            _entries(PAPER_DATASETS, PAPER_BACKBONES),
+        ),
+        "table2": Suite(
+            "table2",
+            "Paper Table 2: pixel AUROC (and AUPRO) on MVTec-AD and VisA with ViT-S/B/L.",
+            _entries(("mvtec_ad", "visa"), PAPER_BACKBONES, pixel_metrics=True),
+        ),
+        "table3": Suite(
+            "table3",
+            "Paper Table 3: few-shot MVTec-AD, 1/2/4/8 normal training images, seeds 0/10/20/30/40, ViT-S/B/L.",
+            _entries(("mvtec_ad",), PAPER_BACKBONES, shots=(1, 2, 4, 8), seeds=(0, 10, 20, 30, 40)),
+        ),
+        "table4": Suite(
+            "table4",
+            "Backbones: ViT-S/B/L with and without 4 registers on one dataset per anomaly type "
+            "(CIFAR-10, FGVC-Aircraft, MVTec-AD, MVTec-LOCO).",
+            _entries(_REPRESENTATIVE, PAPER_BACKBONES + REG4_BACKBONES),
+        ),
+        "table5": Suite(
+            "table5",
+            "Paper Table 5: distortion ablation with ViT-B: clean+noise_all, +noise_random, +attention_shuffle on "
+            "CIFAR-10, FGVC-Aircraft, MVTec-AD, MVTec-LOCO.",
+            tuple(
+                SuiteEntry(dataset=d, backbone=_VIT_B, views=views, label=f"views={label}")
+                for d in _REPRESENTATIVE
+                for label, views in _ABLATION_VIEWS
+            ),
+        ),
+        "fig4": Suite(
+            "fig4",
+            "Paper Fig. 4: noise sigma sweep and top-K sweep with ViT-B (assumed; the paper's figure backbone is not "
+            "restated in METHOD.md) on CIFAR-10, FGVC-Aircraft, MVTec-AD, MVTec-LOCO.",
+            tuple(
+                SuiteEntry(dataset=d, backbone=_VIT_B, sigma=s, label=f"sigma={s:g}")
+                for d in _REPRESENTATIVE
+                for s in FIG4_SIGMAS
+            )
+            + tuple(
+                SuiteEntry(dataset=d, backbone=_VIT_B, top_k=k, label=f"top_k={k}")
+                for d in _REPRESENTATIVE
+                for k in FIG4_TOP_KS
+            ),
+        ),
+        "quickstart": Suite(
+            "quickstart",
+            "The synthetic offline quickstart dataset (brick, grass, gravel), ViT-S at 224 px, 20 epochs: "
+            "minutes on 2 CPU cores.",
+            (
+                SuiteEntry(
+                    dataset="quickstart",
+                    categories=("brick", "grass", "gravel"),
+                    backbone=PAPER_BACKBONES[0],
+                    image_size=224,
+                    epochs=20,
+                    pixel_metrics=True,
+                ),
+            ),
+        ),
+        "smoke": Suite(
+            "smoke",
+            "The tiniest end-to-end run: quickstart brick, random-init ViT-S at 56 px, 1 epoch.",
+            (
+                SuiteEntry(
+                    dataset="quickstart",
+                    categories=("brick",),
+                    backbone=PAPER_BACKBONES[0],
+                    image_size=56,
+                    epochs=1,
+                    weights="random",
+                    pixel_metrics=True,
+                ),
+            ),
+        ),
+    }
+)
+
+
+def list_suites() -> list[str]:
+    """Names of the defined suites."""
+    return list(SUITES)
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called `name`.
+
+    Raises:
+        ConfigError: for an unknown name, listing the suites with their descriptions.
+    """
+    try:
+        return SUITES[name]
+    except KeyError:
+        listing = "; ".join(f"{s.name}: {s.description}" for s in SUITES.values())
+        raise ConfigError(f"unknown suite {name!r}. Suites: {listing}") from None
+
+
+def _config_file(config_path: str | os.PathLike[str] | None) -> Path | None:
+    if config_path is not None:
+        path = Path(config_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={env} names no file")
+        return path
+    default = Path(DEFAULT_CONFIG)
+    return default if default.is_file() else None
+
+
+def dataset_roots(config_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Dataset name -> root folder, from the config file and the environment.
+
+    The config file is `config_path`, else the file named by `$GENERALAD_CONFIG`, else `./generalad.toml` when
+    present. Its `[datasets]` table maps names to paths (relative paths are relative to the file's folder).
+    `GENERALAD_DATA_<NAME>` environment variables (e.g. `GENERALAD_DATA_MVTEC_AD`) override it; `<NAME>` is the
+    registry name in capitals.
+
+    Raises:
+        ConfigError: for a named config file that does not exist, invalid TOML, or a non-string path.
+    """
+    roots: dict[str, str] = {}
+    path = _config_file(config_path)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        table = data.get("datasets", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f'{path}: [datasets] must be a table of name = "path"')
+        for name, value in table.items():
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path}: datasets.{name} must be a path string, got {value!r}")
+            root = Path(value).expanduser()
+            if not root.is_absolute():
+                root = path.resolve().parent / root
+            roots[name] = str(root)
+    for key, value in os.environ.items():
+        if key.startswith(DATA_ENV_PREFIX) and len(key) > len(DATA_ENV_PREFIX) and value:
+            roots[key[len(DATA_ENV_PREFIX) :].lower()] = str(Path(value).expanduser())
+    return roots
+
+
+def missing_datasets(suite: Suite | str | Iterable[SuiteEntry], roots: Mapping[str, str]) -> dict[str, str]:
+    """The suite's datasets whose root is not set or does not exist, each with a one-line message.
+
+    Args:
+        suite: a Suite, a suite name, or entries.
+        roots: dataset name -> root folder (`dataset_roots()`).
+
+    Returns:
+        dataset name -> "<name>: <what is wrong>; how to get it: <HOW_TO_GET[name]>", in suite order; empty
+        when every root exists.
+    """
+    if isinstance(suite, str):
+        suite = get_suite(suite)
+    names = suite.datasets() if isinstance(suite, Suite) else list(dict.fromkeys(e.dataset for e in suite))
+    out: dict[str, str] = {}
+    for name in names:
+        root = roots.get(name)
+        if root and Path(root).is_dir():
+            continue
+        if not root:
+            problem = (
+                f'no root set (add {name} = "/path" under [datasets] in {DEFAULT_CONFIG}, '
+                f"or set {DATA_ENV_PREFIX}{name.upper()})"
+            )
+        else:
+            problem = f"root {root} does not exist"
+        how = HOW_TO_GET.get(name, "see the dataset adapter's documentation")
+        out[name] = f"{name}: {problem}; how to get it: {how}"
+    return out
