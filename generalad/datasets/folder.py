@@ -10,7 +10,8 @@ Layout under the root:
 Or `FolderDataset.from_dirs(normal, test_normal=..., test_anomalous=..., masks=...)` for folders anywhere; record
 paths are then relative to the folders' common parent. Images may have any size and any common format
 (png, jpg, jpeg, bmp, tif, tiff, webp). The only normal class is "good". Masks are optional, but all or nothing:
-when some anomalous image has a mask, every anomalous image needs one (`has_masks` is then True).
+when a mask folder exists (`ground_truth/` with content, or `masks=` given), every anomalous image needs a mask
+and `has_masks` is True.
 
 Example:
     >>> ds = FolderDataset.from_dirs("shots/ok", test_normal="shots/ok_test", test_anomalous=["shots/dent"])  # doctest: +SKIP
@@ -123,6 +124,12 @@ class FolderDataset(FileImagesMixin, DatasetAdapter):
         self._test_normal = Path(test_normal) if test_normal is not None else None
         self._test_anomalous = _as_list(test_anomalous)
         self._masks = Path(masks) if masks is not None else None
+        # masks are all or nothing: given a mask folder, every anomalous image needs a mask
+        if self._normal is not None:
+            self.has_masks = self._masks is not None  # type: ignore[misc]
+        else:
+            gt = self.root / "ground_truth"
+            self.has_masks = gt.is_dir() and any(not is_ignored(p.name) for p in gt.iterdir())  # type: ignore[misc]
 
     @classmethod
     def from_dirs(
@@ -190,30 +197,23 @@ class FolderDataset(FileImagesMixin, DatasetAdapter):
             for path in list_image_files(test_normal):
                 rel = rel_posix(path, self.root)
                 records.append(Record(rel, rel, "test", NORMAL_CLASS, 0, NORMAL_CLASS))
-        unmasked: list[tuple[Path, list[Path]]] = []
-        masked = 0
         for folder in anomalous_dirs:
             defect = folder.name
             mask_folders = self._mask_folders(defect, explicit_masks)
-            index = _MaskIndex(mask_folders)
+            index = _MaskIndex(mask_folders) if self.has_masks else None
             for path in list_image_files(folder):
                 rel = rel_posix(path, self.root)
-                mask = index.find(path)
-                if mask is None:
-                    unmasked.append((path, mask_folders))
-                    masks: tuple[str, ...] = ()
-                else:
-                    masked += 1
+                masks: tuple[str, ...] = ()
+                if index is not None:
+                    mask = index.find(path)
+                    if mask is None:
+                        raise DatasetError(
+                            f"anomalous test image {path} has no mask: expected a file named {path.name} "
+                            f"(or {path.stem}.<ext>, {path.stem}_mask.<ext>) in "
+                            f"{' or '.join(str(f) for f in mask_folders)} (masks are all or nothing)"
+                        )
                     masks = (rel_posix(mask, self.root),)
                 records.append(Record(rel, rel, "test", NORMAL_CLASS, 1, defect, masks))
-        if masked and unmasked:
-            image, folders = unmasked[0]
-            raise DatasetError(
-                f"{masked} anomalous images have masks but {len(unmasked)} have none, e.g. {image}: "
-                f"expected a file named {image.name} (or {image.stem}.<ext>, {image.stem}_mask.<ext>) in "
-                f"{' or '.join(str(f) for f in folders)}"
-            )
-        self.has_masks = masked > 0  # type: ignore[misc]
         return records
 
     def one_class_split(self, manifest: pd.DataFrame, normal_class: str) -> OneClassSplit:
