@@ -403,3 +403,15 @@ def test_duckdb_reads_the_same_rows(tmp_path):
         "where dataset = 'visa' and selection = 'last'"
     ).fetchall()[0][0]
     assert mean == pytest.approx(ours.query("dataset == 'visa' and selection == 'last'")["value"].mean())
+
+
+def test_files_of_an_older_schema_read_with_nulls(store):
+    """A file written before a column existed reads with that column null (schema evolution by addition)."""
+    store.write_run("new", make_rows("new", n=1))
+    old = metric_table(make_rows("old", n=1)).drop_columns(["dataset", "backbone", "device", "error"])
+    folder = f"{store.root}/metrics/dataset=mvtec_ad/backbone={BACKBONE}"
+    with store.fs.open(f"{folder}/old-{uuid.uuid4().hex}.parquet", "wb") as handle:
+        pq.write_table(old, handle)
+    frame = store.read_metrics(run_id="old")
+    assert len(frame) == 2 and frame["device"].isna().all() and (frame["dataset"] == "mvtec_ad").all()
+    assert list(frame.columns) == METRIC_SCHEMA.names
