@@ -1,0 +1,134 @@
+"""The cross-patch attention discriminator (METHOD.md section 3): patch features in, one logit per patch out.
+
+Architecture (defaults are the paper's)::
+
+    x = features + pos_embed                       # learned (N, E), initialised N(0, 1)
+    repeat num_blocks times:
+        x = LayerNorm(x + Dropout(MHA(x, x, x)))   # num_heads heads, attention dropout
+        x = x + Dropout(MLP(x))                    # Linear(E, mlp_dim) -> GELU -> Dropout -> Linear(mlp_dim, E)
+    logits = Linear(E, 1, bias=False)(x)           # (B, N), raw logits, no sigmoid
+
+About 9.8 M parameters at E=1024, N=1369 (9,800,704 exactly). Nothing mixes images of a batch (no batch
+norm), so a batch of several views concatenated along the batch axis gives each view exactly what a separate
+forward would in eval mode, and the same distribution in train mode (dropout masks are independent draws).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from generalad.errors import ConfigError
+
+__all__ = ["Discriminator", "DiscriminatorBlock"]
+
+
+class DiscriminatorBlock(nn.Module):
+    """Post-norm self-attention followed by an un-normalised residual MLP."""
+
+    def __init__(self, embed_dim: int, *, num_heads: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.attn_drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, mlp_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_dim, embed_dim),
+        )
+        self.mlp_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attended, _ = self.attn(x, x, x, need_weights=False)
+        x = self.norm(x + self.attn_drop(attended))
+        return x + self.mlp_drop(self.mlp(x))
+
+
+class Discriminator(nn.Module):
+    """Per-patch anomaly logits from (distorted) patch features.
+
+    Args:
+        num_patches: N, the number of patch tokens (fixed: the positional embedding has N rows).
+        embed_dim: E, the feature width (backbone width x number of layers).
+        num_heads: attention heads of each block; must divide ``embed_dim``.
+        mlp_dim: hidden width of each block's MLP.
+        num_blocks: number of attention blocks.
+        dropout: every dropout rate (attention weights, attention output, MLP hidden, MLP output).
+
+    Example:
+        >>> model = Discriminator(16, 32)
+        >>> model(torch.randn(2, 16, 32)).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        num_patches: int,
+        embed_dim: int,
+        *,
+        num_heads: int = 4,
+        mlp_dim: int = 2048,
+        num_blocks: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_patches < 1 or embed_dim < 1 or mlp_dim < 1 or num_blocks < 1 or num_heads < 1:
+            raise ConfigError(
+                f"discriminator sizes must be positive: num_patches={num_patches}, embed_dim={embed_dim}, "
+                f"num_heads={num_heads}, mlp_dim={mlp_dim}, num_blocks={num_blocks}"
+            )
+        if embed_dim % num_heads:
+            raise ConfigError(f"num_heads={num_heads} does not divide embed_dim={embed_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self._config = {
+            "num_patches": int(num_patches),
+            "embed_dim": int(embed_dim),
+            "num_heads": int(num_heads),
+            "mlp_dim": int(mlp_dim),
+            "num_blocks": int(num_blocks),
+            "dropout": float(dropout),
+        }
+        self.pos_embed = nn.Parameter(torch.randn(num_patches, embed_dim))
+        self.blocks = nn.ModuleList(
+            DiscriminatorBlock(embed_dim, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout)
+            for _ in range(num_blocks)
+        )
+        self.head = nn.Linear(embed_dim, 1, bias=False)
+
+    @property
+    def num_patches(self) -> int:
+        return self._config["num_patches"]
+
+    @property
+    def embed_dim(self) -> int:
+        return self._config["embed_dim"]
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-ready dict; ``Discriminator.from_config(m.config())`` rebuilds it."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Discriminator:
+        """A freshly initialised discriminator with the given constructor arguments."""
+        config = dict(config)
+        try:
+            num_patches, embed_dim = config.pop("num_patches"), config.pop("embed_dim")
+            return cls(num_patches, embed_dim, **config)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"bad discriminator config {config}: {exc}") from exc
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, N)`` for features ``(B, N, E)``."""
+        if features.ndim != 3 or features.shape[1:] != self.pos_embed.shape:
+            raise ConfigError(
+                f"discriminator expects (B, {self.num_patches}, {self.embed_dim}) features, "
+                f"got {tuple(features.shape)}"
+            )
+        x = features + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x).squeeze(-1)
