@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -95,11 +96,11 @@ def labelled_split(
 class FileImagesMixin:
     """`load_image` for datasets with one image file per record (`root / rel_path`)."""
 
-    root: object
+    root: Path
 
     def load_image(self, record: Record) -> Image.Image:
         """Decode the record's file (RGB or L); raises ImageError naming the file."""
-        return open_image(self.root / record.rel_path)  # type: ignore[operator]
+        return open_image(self.root / record.rel_path)
 
 
 class SemanticAdapter(DatasetAdapter):

@@ -10,14 +10,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, TypeVar
 
 from generalad.datasets.base import DatasetAdapter
 from generalad.datasets.layout import check_name
-from generalad.errors import DatasetError
+from generalad.errors import ConfigError, DatasetError
 
-__all__ = ["register", "list_datasets", "get_dataset_class", "get_dataset"]
+__all__ = ["register", "list_datasets", "get_dataset_class", "get_dataset", "dataset_options"]
 
 _REGISTRY: dict[str, type[DatasetAdapter]] = {}
 
@@ -60,6 +61,14 @@ def get_dataset_class(name: str) -> type[DatasetAdapter]:
         ) from None
 
 
+def dataset_options(cls: type[DatasetAdapter]) -> list[str]:
+    """The options an adapter class accepts: its constructor's named parameters besides root and category."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    skip = {"self", "root", "category"}
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.name not in skip and p.kind in kinds]
+
+
 def get_dataset(name: str, root: str | Path, category: str | None = None, **options: Any) -> DatasetAdapter:
     """Open dataset `name` at `root` (its official layout), optionally one category of it.
 
@@ -74,10 +83,15 @@ def get_dataset(name: str, root: str | Path, category: str | None = None, **opti
         The adapter; its layout is checked further by `records()`.
 
     Raises:
+        ConfigError: an option the adapter does not take.
         DatasetError: unknown dataset, missing root (saying what is expected and how to get it), a name or
             category that could escape the root, a missing category (listing them) or an unknown one.
     """
     cls = get_dataset_class(name)
+    unknown = sorted(set(options) - set(dataset_options(cls)))
+    if unknown:
+        accepted = ", ".join(dataset_options(cls)) or "none"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for dataset {name}; accepted: {accepted}")
     root = Path(root).expanduser()
     if not root.is_dir():
         state = "is not a folder" if root.exists() else "does not exist"

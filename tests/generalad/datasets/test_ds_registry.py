@@ -75,8 +75,12 @@ def test_options_are_checked(tmp_path: Path) -> None:
     make_visa(tmp_path)
     with pytest.raises(ConfigError, match="split 'random'"):
         get_dataset("visa", tmp_path, "candle", split="random")
-    with pytest.raises(ConfigError, match="unknown VisA option"):
+    with pytest.raises(ConfigError, match="unknown option.*shuffle for dataset visa; accepted: split"):
         get_dataset("visa", tmp_path, "candle", shuffle=True)
+    with pytest.raises(ConfigError, match="unknown option.*split for dataset cifar10; accepted: none"):
+        get_dataset("cifar10", tmp_path, split="x")
+    with pytest.raises(ConfigError, match="accepted: normal, test_normal, test_anomalous, masks"):
+        get_dataset("folder", tmp_path, normals=tmp_path)
 
 
 def test_register_refuses_a_second_class_under_a_taken_name() -> None:
