@@ -120,20 +120,20 @@ def inspect_dataset(
     """
     try:
         cls = get_dataset_class(name)
-        if cls.requires_category and category is None:
-            if not Path(root).expanduser().is_dir():
-                get_dataset(name, root, None, **options)  # raises the missing-root message
-            categories = cls(Path(root).expanduser(), None, **options).categories()
-            if not categories:
-                known = ", ".join(getattr(cls, "known_categories", ()))
-                return DatasetCheck(
-                    False, f"ERROR: no {name} category folder under {root} (known categories: {known})"
-                )
-            results = [_check_one(get_dataset(name, root, c, **options), decode) for c in categories]
-            return DatasetCheck(all(r.ok for r in results), "\n\n".join(r.text for r in results))
-        return _check_one(get_dataset(name, root, category, **options), decode)
+        if not (cls.requires_category and category is None):
+            return _check_one(get_dataset(name, root, category, **options), decode)
+        if not Path(root).expanduser().is_dir():
+            get_dataset(name, root, None, **options)  # raises the missing-root message
+        categories = cls(Path(root).expanduser(), None).categories()
     except (DatasetError, ConfigError) as exc:
         return DatasetCheck(False, f"ERROR: {exc}")
+    if not categories:
+        known = ", ".join(getattr(cls, "known_categories", ()))
+        return DatasetCheck(
+            False, f"ERROR: no {name} category folder under {root} (known categories: {known})"
+        )
+    results = [inspect_dataset(name, root, c, decode=decode, **options) for c in categories]
+    return DatasetCheck(all(r.ok for r in results), "\n\n".join(r.text for r in results))
 
 
 def check_dataset(name: str, root: str | Path, category: str | None = None, **options: Any) -> str:

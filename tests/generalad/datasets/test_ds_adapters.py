@@ -172,3 +172,33 @@ def test_check_dataset_with_decoding(built: tuple[DatasetFixture, DatasetAdapter
 def test_check_dataset_reports_a_missing_root(tmp_path: Path) -> None:
     text = check_dataset("mvtec_ad", tmp_path / "absent")
     assert text.startswith("ERROR:") and str(tmp_path / "absent") in text and "mvtec.com" in text
+
+
+def test_check_dataset_every_category_and_a_broken_one(tmp_path: Path) -> None:
+    from tests.fixtures.datasets import make_mvtec
+
+    make_mvtec(tmp_path, category="bottle")
+    make_mvtec(tmp_path, category="grid")
+    (tmp_path / "grid" / "ground_truth" / "broken_large" / "001_mask.png").unlink()
+    result = inspect_dataset("mvtec_ad", tmp_path)
+    assert not result.ok
+    assert "mvtec_ad:bottle" in result.text and "broken_large" in result.text
+    assert (
+        "ERROR: anomalous test image" in result.text
+        and "grid/ground_truth/broken_large/001_mask.png" in result.text
+    )
+    assert inspect_dataset("mvtec_ad", tmp_path, "bottle").ok
+    empty = inspect_dataset("mvtec_ad", tmp_path / "grid" / "train")
+    assert not empty.ok and "no mvtec_ad category folder" in empty.text
+
+
+def test_check_dataset_decoding_reports_broken_files(tmp_path: Path) -> None:
+    from tests.fixtures.datasets import make_mvtec
+
+    make_mvtec(tmp_path)
+    (tmp_path / "bottle" / "train" / "good" / "001.png").write_bytes(b"")
+    (tmp_path / "bottle" / "ground_truth" / "contamination" / "000_mask.png").write_bytes(b"garbage")
+    assert inspect_dataset("mvtec_ad", tmp_path, "bottle").ok  # listing alone does not decode
+    result = inspect_dataset("mvtec_ad", tmp_path, "bottle", decode=True)
+    assert not result.ok and "2 failed" in result.text
+    assert "001.png is empty" in result.text and "000_mask.png" in result.text
