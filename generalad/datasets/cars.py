@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from generalad.datasets.base import LABEL_BY_PROTOCOL, Record
 from generalad.datasets.layout import find_file, rel_posix, require_dir, require_file
@@ -30,6 +29,8 @@ CARS_NORMAL_CLASSES = tuple(str(i) for i in range(1, 21))
 
 
 def _load_mat(path: Path) -> dict:
+    import scipy.io  # imported here: it costs ~0.2 s and only Stanford-Cars needs it
+
     try:
         return scipy.io.loadmat(path, squeeze_me=True)
     except Exception as exc:  # scipy raises MatReadError, ValueError, TypeError, ... on a bad file
