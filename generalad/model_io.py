@@ -5,7 +5,8 @@ A saved model is two files in a folder: ``model.safetensors`` (the weights; no p
 feature info such as num_patches / embed_dim / image_size / backbone identity).
 
 ``write_run_outputs`` writes ``metrics.json``, ``scores.parquet`` and the model into a temporary sibling folder
-and renames it into place at the end, so a failure leaves no partial result folder behind.
+and renames it into place at the end, so a failure leaves no partial result folder behind;
+``write_evaluation_outputs`` does the same for a re-evaluation of a saved model (metrics and scores only).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from generalad.discriminator import Discriminator
 from generalad.errors import ConfigError, GeneralADError
+from generalad.evaluation import Evaluation
 from generalad.experiment import RunResult
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "load_model",
     "run_config",
     "write_run_outputs",
+    "write_evaluation_outputs",
 ]
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -128,6 +131,56 @@ def run_config(result: RunResult, feature_info: Mapping[str, Any] | None = None)
     }
 
 
+def _scores_table(
+    scores: pd.DataFrame, image_ids: Sequence[str] | np.ndarray | None, extra: dict
+) -> pd.DataFrame:
+    """scores (row, score, label) with image_id first and the extra columns appended."""
+    scores = scores.copy()
+    rows = scores["row"].to_numpy()
+    if image_ids is not None:
+        ids = np.asarray(image_ids, dtype=object)
+        if len(rows) and rows.max() >= len(ids):
+            raise ConfigError(f"image_ids has {len(ids)} entries but the scores reach row {rows.max()}")
+        scores.insert(0, "image_id", pd.array(ids[rows], dtype="string"))
+    else:
+        scores.insert(0, "image_id", pd.array([None] * len(rows), dtype="string"))
+    for key, value in extra.items():
+        scores[key] = value if not isinstance(value, list | dict) else json.dumps(value)
+    return scores
+
+
+def _extra_columns(extra_columns: Mapping[str, Any] | None) -> dict[str, Any]:
+    extra = _json_ready(dict(extra_columns or {}))
+    clash = sorted(
+        set(extra) & {"metric", "value", "selection", "epoch", "row", "image_id", "score", "label"}
+    )
+    if clash:
+        raise ConfigError(f"extra_columns must not replace result columns: {clash}")
+    return extra
+
+
+def _write_atomically(out_dir: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a temporary sibling folder, then rename it to ``out_dir`` (replacing it)."""
+    if out_dir.exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already exists; pass overwrite=True to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if out_dir.exists():
+            trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, trash)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
 def write_run_outputs(
     result: RunResult,
     out_dir: str | Path,
@@ -152,42 +205,41 @@ def write_run_outputs(
     Returns:
         ``out_dir``.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ConfigError(f"{out_dir} already exists; pass overwrite=True to replace it")
-    extra = _json_ready(dict(extra_columns or {}))
-    clash = sorted(
-        set(extra) & {"metric", "value", "selection", "epoch", "row", "image_id", "score", "label"}
-    )
-    if clash:
-        raise ConfigError(f"extra_columns must not replace result columns: {clash}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    extra = _extra_columns(extra_columns)
+
+    def write(tmp: Path) -> None:
         metrics = [_json_ready(row) | extra for row in result.metrics]
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        scores = result.scores.copy()
-        rows = scores["row"].to_numpy()
-        if image_ids is not None:
-            ids = np.asarray(image_ids, dtype=object)
-            if len(rows) and rows.max() >= len(ids):
-                raise ConfigError(f"image_ids has {len(ids)} entries but the scores reach row {rows.max()}")
-            scores.insert(0, "image_id", pd.array(ids[rows], dtype="string"))
-        else:
-            scores.insert(0, "image_id", pd.array([None] * len(rows), dtype="string"))
-        for key, value in extra.items():
-            scores[key] = value if not isinstance(value, list | dict) else json.dumps(value)
-        scores.to_parquet(tmp / SCORES_FILE, index=False)
+        _scores_table(result.scores, image_ids, extra).to_parquet(tmp / SCORES_FILE, index=False)
         save_model(result.model, tmp, run_config(result, feature_info))
-        if out_dir.exists():
-            trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, trash)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return _write_atomically(Path(out_dir), overwrite, write)
+
+
+def write_evaluation_outputs(
+    evaluation: Evaluation,
+    metrics: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    image_ids: Sequence[str] | np.ndarray | None = None,
+    extra_columns: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a re-evaluation of a saved model atomically: ``metrics.json`` and ``scores.parquet`` (no model).
+
+    Args:
+        evaluation: the evaluation (its per-image scores go to scores.parquet).
+        metrics: its metric rows (e.g. ``generalad.experiment.metric_rows(evaluation, ...)``).
+        out_dir: the result folder; written as a temporary sibling and renamed into place at the end.
+        image_ids: image ids indexed by row, as in ``write_run_outputs``.
+        extra_columns: constant values added to every metric row and to scores.parquet.
+        overwrite: replace an existing ``out_dir``; otherwise an existing folder is a ConfigError.
+    """
+    extra = _extra_columns(extra_columns)
+
+    def write(tmp: Path) -> None:
+        rows = [_json_ready(dict(row)) | extra for row in metrics]
+        (tmp / METRICS_FILE).write_text(json.dumps(rows, indent=2))
+        _scores_table(evaluation.scores_frame(), image_ids, extra).to_parquet(tmp / SCORES_FILE, index=False)
+
+    return _write_atomically(Path(out_dir), overwrite, write)

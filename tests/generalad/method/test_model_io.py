@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from generalad.errors import ConfigError
-from generalad.experiment import run_one_class
-from generalad.model_io import ModelFileError, load_model, save_model, write_run_outputs
+from generalad.evaluation import evaluate
+from generalad.experiment import metric_rows, run_one_class
+from generalad.model_io import (
+    ModelFileError,
+    load_model,
+    save_model,
+    write_evaluation_outputs,
+    write_run_outputs,
+)
 from generalad.scoring import patch_logits
 from generalad.training import build_discriminator
 
@@ -82,3 +89,13 @@ def test_failure_leaves_nothing_behind(tmp_path, tiny_source, tiny_split, tiny_p
     with pytest.raises(ConfigError, match="image_ids"):
         write_run_outputs(result, tmp_path / "r2", image_ids=["only", "three", "ids"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_evaluation_outputs(tmp_path, tiny_source, tiny_split, tiny_preset):
+    torch.manual_seed(0)
+    evaluation = evaluate(build_discriminator(16, 8, tiny_preset), tiny_source, tiny_split, top_k=4)
+    rows = metric_rows(evaluation, selection="last", epoch=2)
+    out = write_evaluation_outputs(evaluation, rows, tmp_path / "e", image_ids=[f"i{k}" for k in range(48)])
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "scores.parquet"]
+    assert json.loads((out / "metrics.json").read_text()) == rows
+    assert pd.read_parquet(out / "scores.parquet")["image_id"].tolist() == [f"i{k}" for k in range(32, 48)]
