@@ -252,3 +252,15 @@ def load_backbone(spec: BackboneSpec) -> Backbone:
     model = timm.create_model(spec.name, pretrained=False, **kwargs)
     _load_weights(model, path, spec.arch)
     return Backbone(model, spec)
+
+
+def resolve_weights(weights: str, name: str) -> str:
+    """`auto` becomes `hub` when the pretrained weights are cached or reachable, else `random` (said loudly by
+    every report row and table, whose weights column reads `random:<seed>`); other values pass through."""
+    if weights != "auto":
+        return weights
+    try:
+        _hub_weights_file(_hub_id(name))
+    except WeightsError:
+        return "random"
+    return "hub"

@@ -60,6 +60,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--no-progress", action="store_true")
     _add_backbone_options(extract)
+
+    train = sub.add_parser("train", help="train and evaluate one discriminator from a feature store")
+    train.add_argument("--store", required=True, help="feature store URL (printed by `generalad extract`)")
+    train.add_argument("--class", dest="normal_class", required=True, help="the normal class")
+    train.add_argument("--preset", default=None, help="preset name (default: the store's dataset)")
+    train.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--shots", type=int, default=None, help="few-shot: train on K seeded random normal images"
+    )
+    train.add_argument(
+        "--eval-every-epoch",
+        action="store_true",
+        help="score the test set after every epoch and also report the best epoch (`best_on_test`)",
+    )
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--out", required=True, help="output folder (model, metrics.json, scores.parquet)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    train.add_argument("--no-progress", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="score a store's test split with a saved model")
+    evaluate.add_argument("--store", required=True)
+    evaluate.add_argument("--model", required=True, help="a folder written by `generalad train`")
+    evaluate.add_argument("--out", required=True, help="output folder (metrics.json, scores.parquet)")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--overwrite", action="store_true")
+
+    reproduce = sub.add_parser("reproduce", help="run the reproduce-all flow on a suite (the main job)")
+    reproduce.add_argument("--suite", default="quickstart", help="table1..table5, fig4, quickstart, smoke")
+    reproduce.add_argument("--reports", default="reports", help="report store (local path or fsspec URL)")
+    reproduce.add_argument("--store", default=None, help="feature store root (default ./stores)")
+    reproduce.add_argument(
+        "--weights",
+        default="auto",
+        help="'auto' (pretrained if available, else an explicit random init), 'hub', 'random', or a file",
+    )
+    reproduce.add_argument("--config", default=None, help="dataset roots TOML (default ./generalad.toml)")
+    reproduce.add_argument(
+        "--dask-address", default=None, help="existing Dask scheduler (default: LocalCluster)"
+    )
+    reproduce.add_argument(
+        "--workers", type=int, default=None, help="LocalCluster workers (default: per core)"
+    )
+    reproduce.add_argument("--run-id", default=None, help="report run id (a rerun replaces its own rows)")
+    reproduce.add_argument(
+        "--no-epoch-eval", action="store_true", help="evaluate only at the end (`last` only)"
+    )
+
+    report = sub.add_parser("report", help="render the paper-style table from a report store")
+    report.add_argument("--reports", default="reports")
+    report.add_argument("--suite", default=None, help="only the datasets of this suite")
+    report.add_argument("--metric", default="image_auroc")
+    report.add_argument("--selection", default="last", choices=("last", "best_on_test"))
+    report.add_argument("--format", dest="fmt", default="markdown", choices=("markdown", "csv"))
+    report.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
     return parser
 
 
@@ -112,7 +167,152 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"datasets": _cmd_datasets, "extract": _cmd_extract}
+def _print_metrics(rows: list[dict]) -> None:
+    print(f"{'selection':<14}{'epoch':>6}  {'metric':<14}{'value':>9}")
+    for row in rows:
+        print(f"{row['selection']:<14}{row['epoch']:>6}  {row['metric']:<14}{row['value']:>9.4f}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from generalad.model_io import write_run_outputs
+    from storage.feature_store import FeatureStore
+    from storage.train_job import feature_info, resolve_preset, train_from_store
+
+    store = FeatureStore.open(args.store)
+    preset = resolve_preset(store, args.preset, {"epochs": args.epochs} if args.epochs else None)
+    _refuse_existing(args.out, args.overwrite)
+    result = train_from_store(
+        store,
+        args.normal_class,
+        preset=preset,
+        seed=args.seed,
+        shots=args.shots,
+        eval_every_epoch=args.eval_every_epoch,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    info = feature_info(store)
+    out = write_run_outputs(
+        result,
+        args.out,
+        image_ids=store.manifest["image_id"].to_numpy(),
+        extra_columns={"dataset": store.dataset, "class_name": args.normal_class, "seed": args.seed},
+        feature_info=info,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"trained {store.dataset} class {args.normal_class!r}: {len(result.train_rows)} images, "
+        f"{result.epochs} epochs, {result.train_seconds:.1f} s; backbone {info['backbone']} ({info['weights']})",
+        file=sys.stderr,
+    )
+    _print_metrics(result.metrics)
+    print(out)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from generalad.model_io import write_evaluation_outputs
+    from storage.feature_store import FeatureStore
+    from storage.train_job import evaluate_from_store
+
+    store = FeatureStore.open(args.store)
+    _refuse_existing(args.out, args.overwrite)
+    saved = evaluate_from_store(store, args.model, device=args.device)
+    out = write_evaluation_outputs(
+        saved.evaluation,
+        saved.metrics,
+        args.out,
+        image_ids=store.manifest["image_id"].to_numpy(),
+        overwrite=args.overwrite,
+    )
+    _print_metrics(saved.metrics)
+    print(out)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from flows.runtime import ensure_prefect_api
+    from storage.extraction import default_store_root
+
+    with ensure_prefect_api() as api_url:
+        # imported only now: Prefect reads PREFECT_API_URL when it is first imported
+        from flows.reproduce import SuiteFailed, reproduce_all
+
+        print(f"Prefect API: {api_url}", file=sys.stderr)
+        try:
+            summary = reproduce_all(
+                suite=args.suite,
+                reports=args.reports,
+                store=args.store or default_store_root(),
+                weights=args.weights,
+                config=args.config,
+                dask_address=args.dask_address,
+                n_workers=args.workers,
+                eval_every_epoch=not args.no_epoch_eval,
+                run_id=args.run_id,
+            )
+        except SuiteFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            print(f"rows of the tasks that ran are in {args.reports}", file=sys.stderr)
+            return 1
+        finally:
+            _flush_prefect_logs()
+    print(summary["table"])
+    print(
+        f"\nreports: {summary['reports']} (run id {summary['run_id']}); `generalad report --reports {args.reports}`"
+    )
+    return 0
+
+
+def _flush_prefect_logs() -> None:
+    """Send buffered run logs while the local server still runs (else they fail after it stops)."""
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from generalad.report_tables import render_table
+    from storage.reports import ReportStore
+
+    frame = ReportStore(args.reports).read_metrics()
+    if frame.empty:
+        raise GeneralADError(f"no report rows in {args.reports}")
+    datasets = None
+    if args.suite:
+        from flows.suites import get_suite
+
+        datasets = get_suite(args.suite).datasets()
+    print(
+        render_table(
+            frame,
+            metric=args.metric,
+            selection=args.selection,
+            datasets=datasets,
+            with_paper=not args.no_paper,
+            fmt=args.fmt,
+        )
+    )
+    return 0
+
+
+def _refuse_existing(out: str, overwrite: bool) -> None:
+    from pathlib import Path
+
+    from generalad.errors import ConfigError
+
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"output folder {out} already exists; pass --overwrite to replace it")
+
+
+COMMANDS = {
+    "datasets": _cmd_datasets,
+    "extract": _cmd_extract,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "reproduce": _cmd_reproduce,
+    "report": _cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

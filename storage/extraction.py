@@ -136,7 +136,8 @@ def extract_features(
             has_masks=adapter.has_masks,
             shard_size=shard_size,
         )
-        writer = StoreWriter(url, fingerprint, layout, manifest)
+        splits = {name: adapter.one_class_split(manifest, name) for name in adapter.normal_classes()}
+        writer = StoreWriter(url, fingerprint, layout, manifest, splits, protocol=adapter.protocol)
         done = writer.done_shards()
         todo = [s for s in range(layout.num_shards) if s not in done]
         records = [_record(row) for row in manifest.itertuples(index=False)]

@@ -8,6 +8,7 @@ Layout of one store (one group per store key):
         cls_attn/             (n_images, H, N)  same dtype and sharding
         masks/                (n_images, S, S)  uint8 0/1 at the evaluation resolution (datasets with masks)
         manifest.parquet      the dataset manifest, row i = image i of every array
+        splits.parquet        the one-class protocol per normal class: (normal_class, row, role, label)
         _shards/NNNNN.json    per-shard marker with checksums, written after the shard's bytes
         COMPLETE.json         written last, after every shard was verified
 
@@ -30,7 +31,8 @@ import pyarrow.parquet as pq
 import torch
 import zarr
 
-from generalad.errors import StoreError
+from generalad.datasets.base import OneClassSplit
+from generalad.errors import DatasetError, StoreError
 from generalad.feature_source import FeatureBatch
 from storage import urls
 from storage.fingerprint import SCHEMA_VERSION, StoreFingerprint
@@ -41,6 +43,7 @@ __all__ = ["FeatureStore", "StoreWriter", "StoreLayout", "shard_checksum", "DEFA
 DEFAULT_SHARD_SIZE = 32
 COMPLETE_FILE = "COMPLETE.json"
 MANIFEST_FILE = "manifest.parquet"
+SPLITS_FILE = "splits.parquet"
 SHARDS_DIR = "_shards"
 
 
@@ -84,13 +87,23 @@ def _read_json(url: str) -> dict | None:
 class StoreWriter:
     """Creates a store (or reopens a partial one with the same key) and writes whole shards into it."""
 
-    def __init__(self, url: str, fingerprint: StoreFingerprint, layout: StoreLayout, manifest: pd.DataFrame):
+    def __init__(
+        self,
+        url: str,
+        fingerprint: StoreFingerprint,
+        layout: StoreLayout,
+        manifest: pd.DataFrame,
+        splits: dict[str, OneClassSplit],
+        *,
+        protocol: str = "official",
+    ):
         self.url = urls.normalize(url)
+        self.protocol = protocol
         self.fingerprint = fingerprint
         self.layout = layout
         if len(manifest) != layout.num_images:
             raise StoreError(f"manifest has {len(manifest)} rows, layout says {layout.num_images} images")
-        self._group = self._open_or_create(manifest)
+        self._group = self._open_or_create(manifest, splits)
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -98,9 +111,10 @@ class StoreWriter:
             "key": self.fingerprint.key,
             "fingerprint": self.fingerprint.as_dict(),
             "layout": self.layout.__dict__,
+            "protocol": self.protocol,
         }
 
-    def _open_or_create(self, manifest: pd.DataFrame) -> zarr.Group:
+    def _open_or_create(self, manifest: pd.DataFrame, splits: dict[str, OneClassSplit]) -> zarr.Group:
         store = urls.zarr_store(self.url)
         try:
             group = zarr.open_group(store, mode="r+")
@@ -145,10 +159,8 @@ class StoreWriter:
                 shards=(lay.shard_size, lay.image_size, lay.image_size),
                 dtype=np.uint8,
             )
-        table = pa.Table.from_pandas(manifest, preserve_index=False)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        urls.write_bytes_atomic(urls.join(self.url, MANIFEST_FILE), sink.getvalue().to_pybytes())
+        _write_parquet(urls.join(self.url, MANIFEST_FILE), manifest)
+        _write_parquet(urls.join(self.url, SPLITS_FILE), splits_frame(splits))
         return group
 
     def done_shards(self) -> set[int]:
@@ -204,6 +216,37 @@ class StoreWriter:
         urls.write_bytes_atomic(urls.join(self.url, COMPLETE_FILE), json.dumps(payload, indent=2).encode())
 
 
+def _write_parquet(url: str, frame: pd.DataFrame) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    urls.write_bytes_atomic(url, sink.getvalue().to_pybytes())
+
+
+def _read_parquet(url: str) -> pd.DataFrame:
+    fs, path = urls.filesystem(url)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle).to_pandas()
+
+
+def splits_frame(splits: dict[str, OneClassSplit]) -> pd.DataFrame:
+    """One-class splits in long form: one row per (normal class, row, role) with the test label."""
+    parts = []
+    for name, split in splits.items():
+        n_train, n_test = len(split.train_rows), len(split.test_rows)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "normal_class": name,
+                    "row": np.concatenate([split.train_rows, split.test_rows]).astype(np.int64),
+                    "role": ["train"] * n_train + ["test"] * n_test,
+                    "label": np.concatenate([np.zeros(n_train, np.int8), split.test_labels]).astype(np.int8),
+                }
+            )
+        )
+    columns = ["normal_class", "row", "role", "label"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
 def is_complete(url: str) -> bool:
     return urls.exists(urls.join(url, COMPLETE_FILE))
 
@@ -235,6 +278,7 @@ class FeatureStore:
         self._masks = group["masks"] if self.layout.has_masks else None
         self.prefetch = prefetch
         self._manifest: pd.DataFrame | None = None
+        self._splits_frame: pd.DataFrame | None = None
 
     @classmethod
     def open(cls, url: str, **kwargs) -> FeatureStore:
@@ -270,14 +314,45 @@ class FeatureStore:
         return self.attrs["key"]
 
     @property
+    def dataset(self) -> str:
+        return self.fingerprint["dataset"]
+
+    @property
+    def category(self) -> str | None:
+        return self.fingerprint["category"]
+
+    @property
     def manifest(self) -> pd.DataFrame:
         if self._manifest is None:
-            fs, path = urls.filesystem(urls.join(self.url, MANIFEST_FILE))
-            with fs.open(path, "rb") as handle:
-                frame = pq.read_table(handle).to_pandas()
+            frame = _read_parquet(urls.join(self.url, MANIFEST_FILE))
             frame["mask_paths"] = frame["mask_paths"].map(lambda v: tuple(v) if v is not None else ())
             self._manifest = frame
         return self._manifest
+
+    @property
+    def normal_classes(self) -> list[str]:
+        return list(dict.fromkeys(self._splits()["normal_class"]))
+
+    def _splits(self) -> pd.DataFrame:
+        if self._splits_frame is None:
+            self._splits_frame = _read_parquet(urls.join(self.url, SPLITS_FILE))
+        return self._splits_frame
+
+    def split(self, normal_class: str) -> OneClassSplit:
+        """The one-class split with `normal_class` as normal, as the dataset's protocol defined it."""
+        frame = self._splits()
+        part = frame[frame["normal_class"] == str(normal_class)]
+        if part.empty:
+            raise DatasetError(
+                f"unknown class {normal_class!r} for {self.url}; classes: {', '.join(self.normal_classes)}"
+            )
+        train, test = part[part["role"] == "train"], part[part["role"] == "test"]
+        return OneClassSplit(
+            str(normal_class),
+            train["row"].to_numpy(np.int64),
+            test["row"].to_numpy(np.int64),
+            test["label"].to_numpy(np.int8),
+        )
 
     def read(self, rows: Sequence[int]) -> FeatureBatch:
         """Tokens and attention of `rows` (any order) as float32 tensors."""

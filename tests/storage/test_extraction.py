@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from generalad.backbone import BackboneSpec, load_backbone
-from generalad.errors import ImageError, StoreError
+from generalad.errors import DatasetError, ImageError, StoreError
 from generalad.images import load_mask
 from generalad.preprocess import preprocess_image, preprocess_mask
 from storage import urls
@@ -67,6 +67,12 @@ def test_float32_store_holds_exactly_the_backbone_output(tiny_adapter, tmp_path)
         else:
             assert masks[i].sum() == 0
     assert list(manifest["image_id"]) == [r.image_id for r in _records(tiny_adapter)]
+    # the protocol's split travels with the store
+    split = store.split("tiny")
+    assert list(split.train_rows) == list(range(6, 11)) and list(split.test_rows) == list(range(6))
+    assert list(split.test_labels) == [1, 1, 1, 0, 0, 0] and store.normal_classes == ["tiny"]
+    with pytest.raises(DatasetError, match="unknown class 'nope'"):
+        store.split("nope")
 
 
 def test_float16_store_is_within_half_precision_of_float32(tiny_adapter, tmp_path) -> None:
@@ -114,7 +120,10 @@ def test_corrupted_shard_is_caught_before_the_store_is_marked_complete(tiny_adap
 
     url, fingerprint = plan_store(tiny_adapter, SPEC, str(tmp_path), dtype="float32")
     layout = StoreLayout(11, 4, 384, 6, 28, "float32", True, shard_size=8)
-    writer = StoreWriter(url, fingerprint, layout, tiny_adapter.manifest())
+    manifest = tiny_adapter.manifest()
+    writer = StoreWriter(
+        url, fingerprint, layout, manifest, {"tiny": tiny_adapter.one_class_split(manifest, "tiny")}
+    )
     rng = np.random.default_rng(0)
     for shard, n in ((0, 8), (1, 3)):
         writer.write_shard(shard, rng.random((n, 4, 384)), rng.random((n, 6, 4)), np.zeros((n, 28, 28)))

@@ -1,0 +1,81 @@
+"""The `extract-features` flow: one dataset (or category) through the frozen backbone into a feature store."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from flows.retry import transient_io_only
+from generalad.backbone import BackboneSpec
+from generalad.datasets import get_dataset
+from storage.extraction import extract_features
+
+__all__ = ["extract_store", "extract_features_flow"]
+
+
+@task(name="extract-store", retries=2, retry_delay_seconds=5, retry_condition_fn=transient_io_only)
+def extract_store(
+    dataset: str,
+    root: str,
+    category: str | None,
+    *,
+    backbone: str,
+    weights: str,
+    seed: int = 0,
+    image_size: int = 518,
+    layers: tuple[int, ...] = (-1,),
+    dtype: str = "float16",
+    store: str = "stores",
+) -> dict:
+    """Extract (or find complete) the store of one dataset/category; returns its URL and the work it took."""
+    spec = BackboneSpec(
+        name=backbone, weights=weights, seed=seed, image_size=image_size, layers=tuple(layers)
+    )
+    adapter = get_dataset(dataset, root, category=category)
+    result = extract_features(adapter, spec, store, dtype=dtype)
+    logger = get_run_logger()
+    if result.reused:
+        logger.info("store complete, no extraction: %s", result.url)
+    else:
+        logger.info(
+            "extracted %d images in %.1f s into %s", result.images_extracted, result.seconds, result.url
+        )
+    return {
+        "url": result.url,
+        "images_extracted": result.images_extracted,
+        "seconds": result.seconds,
+        "reused": result.reused,
+    }
+
+
+@flow(name="extract-features")
+def extract_features_flow(
+    dataset: str,
+    root: str,
+    category: str | None = None,
+    backbone: str = "vit_small_patch14_dinov2",
+    weights: str = "hub",
+    seed: int = 0,
+    image_size: int = 518,
+    layers: list[int] = [-1],  # noqa: B006 - Prefect parameters need a JSON default
+    dtype: str = "float16",
+    store: str = "stores",
+) -> str:
+    """Extract one dataset (or one category of it) into `store`; returns the store URL."""
+    return extract_store(
+        dataset,
+        root,
+        category,
+        backbone=backbone,
+        weights=weights,
+        seed=seed,
+        image_size=image_size,
+        layers=tuple(layers),
+        dtype=dtype,
+        store=store,
+    )["url"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(extract_features_flow(*sys.argv[1:3]))

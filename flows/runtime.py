@@ -1,0 +1,146 @@
+"""The embedded defaults a flow runs on when nothing is configured: one local Prefect server for the whole run
+(bound to 127.0.0.1; Dask workers point at it instead of each starting a temporary server of their own), and a
+local Dask cluster sized so that workers x torch threads does not oversubscribe the cores."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["local_prefect_server", "ensure_prefect_api", "DaskPlan", "plan_dask", "OFFLINE_ENV"]
+
+# No telemetry, ever (DESIGN.md: the temporary server tries to send analytics unless told not to).
+OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+_START_TIMEOUT_S = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:  # noqa: S310 - loopback only
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def local_prefect_server(
+    home: str | os.PathLike | None = None, *, log: str | os.PathLike | None = None
+) -> Iterator[str]:
+    """Start `prefect server start` on 127.0.0.1 (a free port, its own PREFECT_HOME), yield its API URL, stop it.
+
+    Args:
+        home: PREFECT_HOME of the server (its SQLite database); a temporary folder when None.
+        log: file for the server's output; discarded when None.
+    """
+    tmp = None if home is not None else tempfile.TemporaryDirectory(prefix="generalad-prefect-")
+    home_path = Path(home) if home is not None else Path(tmp.name)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = os.environ | OFFLINE_ENV | {"PREFECT_HOME": str(home_path)}
+    env.pop("PREFECT_API_URL", None)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+        ],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not _healthy(api_url):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the local Prefect server exited with code {process.returncode} while starting"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Prefect server did not answer within {_START_TIMEOUT_S:.0f} s")
+            time.sleep(0.25)
+        yield api_url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if log:
+            out.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@contextlib.contextmanager
+def ensure_prefect_api() -> Iterator[str | None]:
+    """Use the configured Prefect API (PREFECT_API_URL) if there is one; else run a local server for the block."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        yield configured
+        return
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    with local_prefect_server() as api_url:
+        os.environ["PREFECT_API_URL"] = api_url  # inherited by Dask worker processes started after this
+        try:
+            yield api_url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+@dataclass(frozen=True)
+class DaskPlan:
+    """Where per-class tasks run: an existing scheduler (`address`) or a LocalCluster of `n_workers`."""
+
+    address: str | None
+    n_workers: int
+    torch_threads: int
+
+    def runner_kwargs(self) -> dict:
+        if self.address:
+            return {"address": self.address}
+        return {
+            "cluster_kwargs": {
+                "n_workers": self.n_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": "127.0.0.1:0",
+            }
+        }
+
+
+def plan_dask(n_tasks: int, *, address: str | None = None, n_workers: int | None = None) -> DaskPlan:
+    """Size the cluster: one worker per task up to the core count, torch threads = cores // workers (>= 1)."""
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = n_workers or max(1, min(n_tasks, cores))
+    return DaskPlan(address=address, n_workers=workers, torch_threads=max(1, cores // workers))

@@ -1,0 +1,145 @@
+"""Turning one experiment's results into report rows with full provenance (DESIGN.md "Reports")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from generalad.experiment import RunResult
+from generalad.presets import Preset
+from generalad.scoring import blur_params
+from storage.feature_store import FeatureStore
+from storage.report_schema import MetricRow, format_layers, format_views, scores_from_arrays
+
+__all__ = ["RunContext", "metric_rows_of", "failed_rows", "score_table_of", "pixel_postprocess_label"]
+
+
+def pixel_postprocess_label(image_size: int) -> str:
+    """How pixel maps were made, as stored in reports: e.g. `bilinear+gauss(s=16,r=18)@518`."""
+    sigma, radius = blur_params(image_size)
+    return f"bilinear+gauss(s={sigma:g},r={radius})@{image_size}"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a report row says about where a result came from (everything but the measured values)."""
+
+    run_id: str
+    dataset: str
+    category: str | None
+    backbone: str
+    weights: str
+    image_size: int
+    layers: tuple[int, ...]
+    feature_dtype: str
+    store_key: str
+    split_protocol: str
+    flow_run_id: str | None = None
+    device: str = "cpu"
+    extract_seconds: float | None = None
+
+    @classmethod
+    def of_store(cls, store: FeatureStore, *, run_id: str, **kwargs: Any) -> RunContext:
+        fp = store.fingerprint
+        return cls(
+            run_id=run_id,
+            dataset=store.dataset,
+            category=store.category,
+            backbone=fp["backbone"],
+            weights=fp["weights"],
+            image_size=store.image_size,
+            layers=tuple(fp["layers"]),
+            feature_dtype=fp["dtype"],
+            store_key=store.key,
+            split_protocol=store.attrs.get("protocol", "official"),
+            **kwargs,
+        )
+
+    def common(self, preset: Preset, *, seed: int, shots: int | None, num_patches: int) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "flow_run_id": self.flow_run_id,
+            "dataset": self.dataset,
+            "category": self.category,
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "image_size": self.image_size,
+            "layers": format_layers(self.layers),
+            "views": format_views(preset.views),
+            "epochs": preset.epochs,
+            "lr": preset.lr,
+            "top_k": preset.top_k or num_patches,
+            "sigma": preset.sigma,
+            "seed": seed,
+            "shots": shots,
+            "feature_dtype": self.feature_dtype,
+            "store_key": self.store_key,
+            "split_protocol": self.split_protocol,
+            "device": self.device,
+            "extract_seconds": self.extract_seconds,
+        }
+
+
+def metric_rows_of(result: RunResult, context: RunContext, *, num_patches: int) -> list[MetricRow]:
+    """One MetricRow per metric value of `result` (every selection)."""
+    common = context.common(result.preset, seed=result.seed, shots=result.shots, num_patches=num_patches)
+    rows = []
+    for row in result.metrics:
+        pixel = row["metric"] in ("pixel_auroc", "aupro")
+        rows.append(
+            MetricRow(
+                **common,
+                class_name=result.normal_class,
+                metric=row["metric"],
+                value=row["value"],
+                selection=row["selection"],
+                epoch=row["epoch"],
+                n_test=row["n_test"],
+                n_anomalous=row["n_anomalous"],
+                eval_resolution=context.image_size if pixel else None,
+                pixel_postprocess=pixel_postprocess_label(context.image_size) if pixel else None,
+                train_seconds=result.train_seconds,
+                eval_seconds=result.eval_seconds,
+            )
+        )
+    return rows
+
+
+def failed_rows(
+    context: RunContext,
+    preset: Preset,
+    *,
+    class_name: str,
+    seed: int,
+    shots: int | None,
+    error: str | BaseException,
+    num_patches: int,
+) -> list[MetricRow]:
+    """The row that records a failed class task, so the report names it."""
+    common = context.common(preset, seed=seed, shots=shots, num_patches=num_patches)
+    return [MetricRow.failed(error=error, class_name=class_name, **common)]
+
+
+def score_table_of(result: RunResult, context: RunContext, image_ids: Mapping[int, str] | Any) -> pa.Table:
+    """Per-image scores of every selection of `result` (image_ids: manifest image_id by row)."""
+    tables = []
+    for selection, evaluation in result.evaluations.items():
+        tables.append(
+            scores_from_arrays(
+                run_id=context.run_id,
+                dataset=context.dataset,
+                backbone=context.backbone,
+                class_name=result.normal_class,
+                category=context.category,
+                seed=result.seed,
+                shots=result.shots,
+                selection=selection,
+                image_ids=[image_ids[int(r)] for r in evaluation.rows],
+                scores=evaluation.scores,
+                labels=evaluation.labels,
+            )
+        )
+    return pa.concat_tables(tables)
