@@ -7,7 +7,7 @@ REPORTS ?= reports
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup quickstart test lint format bench bench-quick clean
+.PHONY: setup quickstart test lint format bench bench-quick faults clean
 
 setup: $(STAMP)
 
@@ -38,3 +38,7 @@ bench: setup
 
 clean:
 	rm -rf stores reports runs bench/results .pytest_cache
+
+# Fault injection (SIGKILL during extraction, concurrent writers): prints a table of faults and values lost.
+faults: setup
+	$(BIN)/python bench/faults.py
