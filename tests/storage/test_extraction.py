@@ -23,12 +23,11 @@ SPEC = BackboneSpec(weights="random", image_size=28, init_values=1.0)
 
 
 def _direct(adapter, spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone run directly on the preprocessed images, in manifest order (the independent reference)."""
     backbone = load_backbone(spec)
-    records = adapter.manifest()
     images = torch.stack(
         [preprocess_image(adapter.load_image(r), spec.image_size) for r in _records(adapter)]
     )
-    del records
     with torch.inference_mode():
         tokens, attn = backbone(images)
     return tokens.numpy(), attn.numpy()
