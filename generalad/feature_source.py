@@ -51,7 +51,9 @@ class InMemoryFeatures:
             cls_attn = np.full((n, 1, num_patches), 1.0 / num_patches, dtype=np.float32)
         self._attn = torch.as_tensor(np.asarray(cls_attn), dtype=torch.float32)
         if self._attn.shape[0] != n or self._attn.shape[2] != num_patches:
-            raise ValueError(f"cls_attn shape {tuple(self._attn.shape)} does not fit tokens {tuple(self._tokens.shape)}")
+            raise ValueError(
+                f"cls_attn shape {tuple(self._attn.shape)} does not fit tokens {tuple(self._tokens.shape)}"
+            )
 
     @property
     def num_images(self) -> int:
