@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sys
 import time
@@ -21,11 +22,11 @@ from tqdm.auto import tqdm
 
 from generalad.backbone import BackboneSpec, load_backbone
 from generalad.datasets.base import DatasetAdapter, Record
-from generalad.errors import ConfigError
+from generalad.errors import ConfigError, StoreError
 from generalad.images import load_mask
 from generalad.preprocess import PATCH_SIZE, preprocess_image, preprocess_mask
 from storage import urls
-from storage.feature_store import DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
+from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
 from storage.fingerprint import StoreFingerprint, fingerprint_for
 from storage.prefetch import prefetched
 
@@ -86,6 +87,19 @@ def _writer_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _complete(url: str, fingerprint: StoreFingerprint) -> bool:
+    """Whether the store at `url` is complete; StoreError when it is complete but for another key."""
+    if not is_complete(url):
+        return False
+    fs, path = urls.filesystem(urls.join(url, COMPLETE_FILE))
+    key = json.loads(fs.cat_file(path)).get("key")
+    if key != fingerprint.key:
+        raise StoreError(
+            f"{url} is marked complete for store key {key!r}, not {fingerprint.key!r}; delete it and extract again"
+        )
+    return True
+
+
 def _decode(adapter: DatasetAdapter, record: Record, image_size: int, with_mask: bool):
     image = adapter.load_image(record)
     pixels = preprocess_image(image, image_size)
@@ -115,13 +129,13 @@ def extract_features(
     started = time.perf_counter()
     url, fingerprint = plan_store(adapter, spec, store_root, dtype=dtype)
     manifest = adapter.manifest()
-    if is_complete(url):
+    if _complete(url, fingerprint):
         return ExtractionResult(url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started)
     if len(manifest) == 0:
         raise ConfigError(f"{adapter.describe()} has no images")
 
     with _writer_lock(url):
-        if is_complete(url):  # another writer finished it while we waited
+        if _complete(url, fingerprint):  # another writer finished it while we waited
             return ExtractionResult(
                 url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started
             )
@@ -138,7 +152,8 @@ def extract_features(
         )
         splits = {name: adapter.one_class_split(manifest, name) for name in adapter.normal_classes()}
         writer = StoreWriter(url, fingerprint, layout, manifest, splits, protocol=adapter.protocol)
-        done = writer.done_shards()
+        layout = writer.layout  # a partial store keeps the shard size it was created with
+        done = writer.done_shards() & set(range(layout.num_shards))
         todo = [s for s in range(layout.num_shards) if s not in done]
         records = [_record(row) for row in manifest.itertuples(index=False)]
         n_todo = sum(stop - start for start, stop in map(layout.shard_rows, todo))

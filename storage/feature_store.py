@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +36,9 @@ import zarr
 from generalad.datasets.base import OneClassSplit
 from generalad.errors import DatasetError, StoreError
 from generalad.feature_source import FeatureBatch
+from storage import fingerprint as _fingerprint
 from storage import urls
-from storage.fingerprint import SCHEMA_VERSION, StoreFingerprint
+from storage.fingerprint import StoreFingerprint
 from storage.prefetch import prefetched
 
 __all__ = ["FeatureStore", "StoreWriter", "StoreLayout", "shard_checksum", "DEFAULT_SHARD_SIZE"]
@@ -45,6 +48,7 @@ COMPLETE_FILE = "COMPLETE.json"
 MANIFEST_FILE = "manifest.parquet"
 SPLITS_FILE = "splits.parquet"
 SHARDS_DIR = "_shards"
+_TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class StoreWriter:
 
     def _attrs(self) -> dict[str, Any]:
         return {
-            "generalad_schema": SCHEMA_VERSION,
+            "generalad_schema": _fingerprint.SCHEMA_VERSION,
             "key": self.fingerprint.key,
             "fingerprint": self.fingerprint.as_dict(),
             "layout": self.layout.__dict__,
@@ -115,53 +119,82 @@ class StoreWriter:
         }
 
     def _open_or_create(self, manifest: pd.DataFrame, splits: dict[str, OneClassSplit]) -> zarr.Group:
+        """Open the store of this key, creating whatever a killed or concurrent writer left missing.
+
+        Every step is idempotent, so a writer killed at any point (after the group, between arrays, before the
+        manifest) leaves a store the next writer completes; nothing that exists is ever cleared.
+        """
         store = urls.zarr_store(self.url)
         try:
             group = zarr.open_group(store, mode="r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            group = None
-        if group is not None:
-            existing = dict(group.attrs)
-            if (
-                existing.get("key") != self.fingerprint.key
-                or existing.get("generalad_schema") != SCHEMA_VERSION
-            ):
-                raise StoreError(
-                    f"{self.url} exists but holds another store (key {existing.get('key')!r}, schema "
-                    f"{existing.get('generalad_schema')!r}); delete it or choose another store root"
-                )
-            return group
-        lay = self.layout
-        group = zarr.open_group(store, mode="w", attributes=self._attrs())
-        feature_dtype = np.dtype(lay.dtype)
-        # fp16 ViT tokens compress ~1.09x with zstd (DESIGN.md): not worth the CPU on every training read.
-        group.create_array(
-            "tokens",
-            shape=(lay.num_images, lay.num_patches, lay.embed_dim),
-            chunks=(1, lay.num_patches, lay.embed_dim),
-            shards=(lay.shard_size, lay.num_patches, lay.embed_dim),
-            dtype=feature_dtype,
-            compressors=None,
-        )
-        group.create_array(
-            "cls_attn",
-            shape=(lay.num_images, lay.num_heads, lay.num_patches),
-            chunks=(1, lay.num_heads, lay.num_patches),
-            shards=(lay.shard_size, lay.num_heads, lay.num_patches),
-            dtype=feature_dtype,
-            compressors=None,
-        )
-        if lay.has_masks:
-            group.create_array(
-                "masks",
-                shape=(lay.num_images, lay.image_size, lay.image_size),
-                chunks=(1, lay.image_size, lay.image_size),
-                shards=(lay.shard_size, lay.image_size, lay.image_size),
-                dtype=np.uint8,
+            group = zarr.open_group(store, mode="a", attributes=self._attrs())
+        existing = dict(group.attrs)
+        schema = _fingerprint.SCHEMA_VERSION
+        if existing.get("key") != self.fingerprint.key or existing.get("generalad_schema") != schema:
+            raise StoreError(
+                f"{self.url} exists but holds another store (key {existing.get('key')!r}, schema "
+                f"{existing.get('generalad_schema')!r}); delete it or choose another store root"
             )
-        _write_parquet(urls.join(self.url, MANIFEST_FILE), manifest)
-        _write_parquet(urls.join(self.url, SPLITS_FILE), splits_frame(splits))
+        self._remove_temporaries()
+        arrays = self._ensure_arrays(group)
+        # The shard shape is fixed when the arrays are created: a rerun with another shard size resumes the
+        # store in its own shards (the markers name shards of that size), never in a mixture.
+        stored_shard = int(arrays["tokens"].shards[0])
+        if stored_shard != self.layout.shard_size:
+            self.layout = replace(self.layout, shard_size=stored_shard)
+        for name, frame in ((MANIFEST_FILE, manifest), (SPLITS_FILE, splits_frame(splits))):
+            if not urls.exists(urls.join(self.url, name)):
+                _write_parquet(urls.join(self.url, name), frame)
         return group
+
+    def _expected_arrays(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        lay = self.layout
+        feature_dtype = np.dtype(lay.dtype)
+        out = {
+            "tokens": ((lay.num_images, lay.num_patches, lay.embed_dim), feature_dtype),
+            "cls_attn": ((lay.num_images, lay.num_heads, lay.num_patches), feature_dtype),
+        }
+        if lay.has_masks:
+            out["masks"] = ((lay.num_images, lay.image_size, lay.image_size), np.dtype(np.uint8))
+        return out
+
+    def _ensure_arrays(self, group: zarr.Group) -> dict[str, zarr.Array]:
+        """Every array of the layout: the existing one (checked) or a new one."""
+        arrays = {}
+        for name, (shape, dtype) in self._expected_arrays().items():
+            try:
+                array = group[name]
+            except KeyError:
+                try:
+                    # fp16 ViT tokens compress ~1.09x with zstd (DESIGN.md): not worth the CPU on every read.
+                    array = group.create_array(
+                        name,
+                        shape=shape,
+                        chunks=(1, *shape[1:]),
+                        shards=(self.layout.shard_size, *shape[1:]),
+                        dtype=dtype,
+                        compressors=None if name != "masks" else "auto",
+                    )
+                except zarr.errors.ContainsArrayError:  # another writer created it just now
+                    array = group[name]
+            if tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
+                raise StoreError(
+                    f"{self.url}: array {name!r} has shape {tuple(array.shape)} {array.dtype}, expected "
+                    f"{shape} {dtype}; delete the store and extract again"
+                )
+            arrays[name] = array
+        return arrays
+
+    def _remove_temporaries(self) -> None:
+        """Delete temporary files of killed writers (ours `*.tmp-<hex>`, zarr's `*.<hex>.partial`): local only,
+        under the writer lock, so no live writer owns them."""
+        if not urls.is_local(self.url):
+            return
+        root = Path(self.url)
+        for path in root.rglob("*"):
+            if path.is_file() and (_TMP_RE.search(path.name) or path.name.endswith(".partial")):
+                path.unlink(missing_ok=True)
 
     def done_shards(self) -> set[int]:
         fs, path = urls.filesystem(urls.join(self.url, SHARDS_DIR))
@@ -203,9 +236,13 @@ class StoreWriter:
                 raise StoreError(f"{self.url}: shard {shard} was never written")
             start, stop = self.layout.shard_rows(shard)
             actual = shard_checksum(*(self._group[n][start:stop] for n in names))
-            if actual != marker["checksum"]:
+            if actual != marker["checksum"] or (marker["start"], marker["stop"]) != (start, stop):
+                # drop the marker, so that the rerun this message asks for really rewrites the shard
+                fs, path = urls.filesystem(urls.join(self.url, SHARDS_DIR, f"{shard:05d}.json"))
+                fs.rm(path)
                 raise StoreError(
-                    f"{self.url}: shard {shard} does not match its checksum; rerun to rewrite it"
+                    f"{self.url}: shard {shard} does not match its checksum; its marker was removed, rerun "
+                    "the extraction to rewrite it"
                 )
 
     def mark_complete(self, info: dict[str, Any] | None = None) -> None:
@@ -265,10 +302,10 @@ class FeatureStore:
         group = zarr.open_group(urls.zarr_store(self.url, read_only=True), mode="r")
         attrs = dict(group.attrs)
         schema = attrs.get("generalad_schema")
-        if schema != SCHEMA_VERSION:
+        if schema != _fingerprint.SCHEMA_VERSION:
             raise StoreError(
                 f"feature store {self.url} has schema version {schema!r}; this generalad reads version "
-                f"{SCHEMA_VERSION}. Re-extract the features (the old store is never reused)."
+                f"{_fingerprint.SCHEMA_VERSION}. Re-extract the features (the old store is never reused)."
             )
         self.attrs = attrs
         self.fingerprint = attrs["fingerprint"]
