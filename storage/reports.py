@@ -121,14 +121,24 @@ class ReportStore:
                 raise ValueError(f"{kind} rows of run {run_id!r} carry other run ids: {sorted(other)}")
 
         older = self._run_files(run_id)
+        # Encode every file first (hidden temporaries), then move them all into place: a writer killed while
+        # encoding leaves nothing visible, and the window in which part of a run is visible shrinks to the
+        # renames. Only then are the run's older files removed.
+        staged: list[tuple[str, str]] = []
         written: list[str] = []
         try:
             for kind, table in tables.items():
                 for (dataset, backbone), part in _split_partitions(table):
                     path = self._new_path(kind, run_id, dataset, backbone)
-                    self._write_file(part, path)
-                    written.append(path)
+                    staged.append((self._stage(part, path), path))
+            for tmp, path in staged:
+                self._commit(tmp, path)
+                written.append(path)
         except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    if self.fs.exists(tmp):
+                        self.fs.rm(tmp)
             for path in written:
                 with contextlib.suppress(OSError):
                     self.fs.rm(path)
@@ -168,20 +178,20 @@ class ReportStore:
     def _new_path(self, kind: str, run_id: str, dataset: str, backbone: str) -> str:
         return f"{self.root}/{kind}/dataset={dataset}/backbone={backbone}/{run_id}-{uuid.uuid4().hex}.parquet"
 
-    def _write_file(self, table: pa.Table, path: str) -> None:
-        """Write `table` to a hidden temporary file next to `path`, then move it into place."""
+    def _stage(self, table: pa.Table, path: str) -> str:
+        """Write `table` to a hidden temporary file next to `path` (not yet visible); returns its path."""
         folder, name = path.rsplit("/", 1)
         tmp = f"{folder}/.{name}.tmp"
         self.fs.makedirs(folder, exist_ok=True)
         try:
             with self.fs.open(tmp, "wb") as handle:
                 pq.write_table(table, handle, compression="zstd")
-            self._commit(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 if self.fs.exists(tmp):
                     self.fs.rm(tmp)
             raise
+        return tmp
 
     def _commit(self, tmp: str, path: str) -> None:
         """Make a fully written temporary file visible (an atomic rename on local disks)."""
