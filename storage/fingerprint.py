@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import timm
 
+from generalad import preprocess
 from generalad.backbone import BackboneSpec, weights_identity
-from generalad.preprocess import PREPROCESSING_SPEC
+from generalad.datasets.layout import check_name
 
 __all__ = ["SCHEMA_VERSION", "StoreFingerprint", "manifest_hash", "fingerprint_for"]
 
@@ -53,6 +54,12 @@ class StoreFingerprint:
     manifest_hash: str
     schema_version: int
 
+    def __post_init__(self) -> None:
+        # dataset and category become folder names under the store root: they must not escape it
+        check_name(self.dataset, "dataset name")
+        if self.category is not None:
+            check_name(self.category, "category")
+
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
@@ -86,7 +93,8 @@ def fingerprint_for(
         image_size=spec.image_size,
         layers=tuple(spec.layers),
         final_norm=True,
-        preprocessing=PREPROCESSING_SPEC,
+        # read at call time (not imported by name), so the key follows the preprocessing module's constant
+        preprocessing=preprocess.PREPROCESSING_SPEC,
         attention_capture=ATTENTION_CAPTURE,
         dtype=dtype,
         timm_version=timm.__version__,

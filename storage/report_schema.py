@@ -174,8 +174,17 @@ _LAYERS_RE = re.compile(r"^-?\d+(,-?\d+)*$")
 _WEIGHTS_PREFIXES = ("hub:", "file:", "random:")
 _AGGREGATE_NAMES = frozenset({"mean", "avg", "average", "all", "total", "__mean__", "__all__"})
 _MAX_ERROR_CHARS = 4000
-_SECRET_ENV_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
-_URL_CREDENTIALS_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+@")
+_SECRET_ENV_RE = re.compile(
+    r"(TOKEN|SECRET|PASS|KEY|CREDENTIAL|AUTH|CONNECTION_STRING|PRIVATE|SESSION|COOKIE|SIGNATURE|SAS_)",
+    re.IGNORECASE,
+)
+# the user-info part of a URL (`scheme://user:password@`, `scheme://token@`)
+_URL_CREDENTIALS_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]+@")
+# secret-looking query parameters of signed URLs (`?X-Amz-Signature=...`, `&sig=...`, `?token=...`)
+_URL_SECRET_PARAM_RE = re.compile(
+    r"([?&][A-Za-z0-9_.\-]*(?:token|sig|signature|secret|key|password|credential)[A-Za-z0-9_.\-]*=)[^&\s#]+",
+    re.IGNORECASE,
+)
 
 
 def check_name(kind: str, value: object) -> str:
@@ -193,8 +202,10 @@ def check_name(kind: str, value: object) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with URL credentials and the values of secret-looking environment variables replaced by `***`."""
+    """`text` with URL credentials, secret-looking URL query parameters and the values of secret-looking
+    environment variables replaced by `***`."""
     text = _URL_CREDENTIALS_RE.sub(r"\1***@", text)
+    text = _URL_SECRET_PARAM_RE.sub(r"\1***", text)
     for name, value in os.environ.items():
         if len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in text:
             text = text.replace(value, "***")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from generalad.datasets.base import LABEL_BY_PROTOCOL, DatasetAdapter, OneClassSplit, Record
-from generalad.datasets.layout import rel_posix, require_file
+from generalad.datasets.layout import rel_inside, require_file
 from generalad.datasets.oneclass import FileImagesMixin, one_vs_rest_split
 from generalad.datasets.registry import register
 from generalad.errors import DatasetError
@@ -91,11 +91,11 @@ class AircraftDataset(FileImagesMixin, DatasetAdapter):
                 if variant not in listed:
                     continue
                 path = data / "images" / f"{image}.jpg"
+                rel = rel_inside(path, self.root, f"image {image!r} listed in images_variant_{split}.txt")
                 if not path.is_file():
                     raise DatasetError(
                         f"image {path} listed in images_variant_{split}.txt (variant {variant!r}) is missing"
                     )
-                rel = rel_posix(path, self.root)
                 records.append(Record(rel, rel, split, variant, LABEL_BY_PROTOCOL))  # type: ignore[arg-type]
         return records
 

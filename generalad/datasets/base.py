@@ -97,6 +97,10 @@ class DatasetAdapter(ABC):
     protocol_name: ClassVar[str] = "one_class"
 
     def __init__(self, root: str | Path, category: str | None = None, **options) -> None:
+        if category is not None:
+            from generalad.datasets.layout import check_name  # layout imports this module
+
+            check_name(category, "category")  # a category is a folder under the root: it must not escape it
         self.root = Path(root)
         self.category = category
         self.options = options

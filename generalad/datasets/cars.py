@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from generalad.datasets.base import LABEL_BY_PROTOCOL, Record
-from generalad.datasets.layout import find_file, rel_posix, require_dir, require_file
+from generalad.datasets.layout import find_file, rel_inside, require_dir, require_file
 from generalad.datasets.oneclass import FileImagesMixin, SemanticAdapter
 from generalad.datasets.registry import register
 from generalad.errors import DatasetError
@@ -108,8 +108,8 @@ class CarsDataset(FileImagesMixin, SemanticAdapter):
                 if split == "train" and cls not in normal:
                     continue
                 path = folder / fname
+                rel = rel_inside(path, self.root, f"image {fname!r} listed in {annos.name}")
                 if not path.is_file():
                     raise DatasetError(f"image {path} listed in {annos.name} is missing")
-                rel = rel_posix(path, self.root)
                 records.append(Record(rel, rel, split, str(cls), LABEL_BY_PROTOCOL))  # type: ignore[arg-type]
         return records

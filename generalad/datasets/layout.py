@@ -20,6 +20,7 @@ __all__ = [
     "check_name",
     "is_ignored",
     "rel_posix",
+    "rel_inside",
     "require_dir",
     "require_file",
     "find_file",
@@ -67,6 +68,15 @@ def is_ignored(name: str) -> bool:
 def rel_posix(path: Path, root: Path) -> str:
     """`path` relative to `root` with "/" separators (the form stored in manifests)."""
     return Path(os.path.relpath(path, root)).as_posix()
+
+
+def rel_inside(path: Path, root: Path, what: str) -> str:
+    """`rel_posix(path, root)` for a path built from a listing file's entry; DatasetError naming `what` when
+    the entry (absolute, or with `..`) leads outside the dataset root."""
+    rel = rel_posix(path, root)
+    if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+        raise DatasetError(f"{what}: {path} lies outside the dataset root {root}")
+    return rel
 
 
 def require_dir(path: Path, what: str) -> Path:

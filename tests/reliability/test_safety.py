@@ -1,0 +1,195 @@
+"""Safety: no pickled code runs when weights or models load, names and listed paths cannot leave the dataset root,
+the Dask dashboard binds to 127.0.0.1, and reports carry no secrets. (The Prefect server's binding is checked where a
+server runs anyway: test_determinism.py.)"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from generalad.backbone import BackboneSpec, load_backbone, weights_identity
+from generalad.datasets import get_dataset
+from generalad.datasets.mvtec import MVTecADDataset
+from generalad.discriminator import Discriminator
+from generalad.errors import DatasetError, WeightsError
+from generalad.model_io import MODEL_WEIGHTS, ModelFileError, load_model, save_model
+from storage.feature_store import FeatureStore
+from storage.fingerprint import fingerprint_for
+from storage.report_rows import RunContext, failed_rows
+from storage.reports import ReportStore
+from storage.train_job import resolve_preset
+from tests.fixtures.datasets import make_aircraft, make_cars, make_mvtec
+from tests.reliability.conftest import SPEC, extract, published
+
+
+class _OpensAFile:
+    """Unpickling this creates the file `path`: proof that pickled code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(adapter, tmp_path) -> None:
+    sentinel = tmp_path / "pwned"
+    weights = tmp_path / "evil.pth"
+    torch.save({"pos_embed": _OpensAFile(sentinel)}, weights)
+    spec = BackboneSpec(weights=str(weights), image_size=28)
+    assert weights_identity(spec).startswith("file:sha256:")  # identity hashes bytes, never loads them
+    with pytest.raises(WeightsError, match="evil.pth"):
+        load_backbone(spec)
+    with pytest.raises(WeightsError, match="evil.pth"):
+        extract(adapter, tmp_path / "stores", spec=spec)
+    assert not sentinel.exists() and not published(tmp_path / "stores")
+
+
+def test_load_model_never_unpickles(tmp_path, monkeypatch) -> None:
+    model = Discriminator(4, 8, num_heads=2, mlp_dim=16).eval()
+    folder = save_model(model, tmp_path / "model", {"seed": 3})
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_model unpickled something")
+
+    with monkeypatch.context() as patch:
+        for name in ("load", "loads", "Unpickler"):
+            patch.setattr(pickle, name, forbidden)
+        patch.setattr(torch, "load", forbidden)
+        loaded, config = load_model(folder)
+    assert config["seed"] == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_a_pickle_in_place_of_the_model_weights_runs_no_code(tmp_path) -> None:
+    folder = save_model(Discriminator(4, 8, num_heads=2, mlp_dim=16), tmp_path / "model")
+    sentinel = tmp_path / "pwned"
+    torch.save({"w": _OpensAFile(sentinel)}, folder / MODEL_WEIGHTS)
+    with pytest.raises(Exception):  # noqa: B017 - the type is the next test's business; here: no code ran
+        load_model(folder)
+    assert not sentinel.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="model_io.load_model lets safetensors' SafetensorError escape instead of a ModelFileError naming the "
+    "file (model_io.py is outside this module's owner's files; reported)",
+)
+def test_unreadable_model_weights_are_a_model_file_error_naming_the_file(tmp_path) -> None:
+    folder = save_model(Discriminator(4, 8, num_heads=2, mlp_dim=16), tmp_path / "model")
+    (folder / MODEL_WEIGHTS).write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelFileError, match=MODEL_WEIGHTS):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("category", ["..", "../bottle", "/etc", "a/b"])
+def test_a_category_cannot_escape_the_root_even_without_get_dataset(tmp_path, category: str) -> None:
+    make_mvtec(tmp_path / "mvtec")
+    with pytest.raises(DatasetError, match="category"):
+        MVTecADDataset(tmp_path / "mvtec", category)
+    manifest = get_dataset("mvtec_ad", tmp_path / "mvtec", "bottle").manifest()
+    with pytest.raises(DatasetError, match="category"):  # nor can it name a folder outside the store root
+        fingerprint_for(dataset="mvtec_ad", category=category, spec=SPEC, dtype="float16", manifest=manifest)
+
+
+def test_an_aircraft_listing_cannot_point_outside_the_root(tmp_path) -> None:
+    fx = make_aircraft(tmp_path / "root" / "aircraft")
+    data = fx.root / "fgvc-aircraft-2013b" / "data"
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes((data / "images" / "1000000.jpg").read_bytes())  # a real image, outside the root
+    listing = data / "images_variant_train.txt"
+    variant = listing.read_text().splitlines()[0].split(" ", 1)[1]
+    escape = "../../../../secret"
+    listing.write_text(listing.read_text() + f"{escape} {variant}\n")
+    with pytest.raises(DatasetError, match="secret.*outside the dataset root"):
+        get_dataset("aircraft", fx.root).manifest()
+
+
+def test_a_cars_annotation_cannot_point_outside_the_root(tmp_path) -> None:
+    from tests.fixtures.datasets import _annotations_struct
+
+    fx = make_cars(tmp_path / "root" / "cars")
+    (tmp_path / "root" / "outside.jpg").write_bytes((fx.root / "cars_train" / "00001.jpg").read_bytes())
+    annos = fx.root / "devkit" / "cars_train_annos.mat"
+    scipy.io.savemat(annos, {"annotations": _annotations_struct([("../../outside.jpg", 1)], 16)})
+    with pytest.raises(DatasetError, match="outside.jpg.*outside the dataset root"):
+        get_dataset("cars", fx.root).manifest()
+
+
+def test_the_dask_cluster_of_a_flow_listens_on_loopback_only() -> None:
+    from distributed import LocalCluster
+
+    from flows.runtime import plan_dask
+
+    kwargs = plan_dask(1, address=None, n_workers=1).runner_kwargs()["cluster_kwargs"]
+    with LocalCluster(**kwargs) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        ports = [urlsplit(cluster.scheduler_address).port, urlsplit(cluster.dashboard_link).port]
+        for port in ports:
+            assert listening_addresses(port) == {"127.0.0.1"}, port
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a listening TCP socket on `port` (IPv4 and IPv6), from /proc/net/tcp*."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            if width == 8:
+                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+            else:
+                found.add("::" if int(address, 16) == 0 else address)
+    return found
+
+
+SECRETS = {
+    "HF_TOKEN": "hf_fakeTokenValue123456",
+    "AWS_SECRET_ACCESS_KEY": "wJalrFakeSecretKey987654",
+    "AZURE_STORAGE_CONNECTION_STRING": "AccountName=x;AccountKey=fakeAzureKey42",
+    "GENERALAD_DB_PASSWORD": "hunter2-but-longer",
+}
+
+
+def test_a_failed_task_row_carries_no_secret(adapter, tmp_path, monkeypatch) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    opened = FeatureStore(extract(adapter, tmp_path / "stores").url)
+    error = (
+        "OSError: cannot reach s3://AKIAFAKEUSER:signedpart@bucket/x and "
+        "https://h.example/obj?X-Amz-Credential=AKIAFAKE2&X-Amz-Signature=deadbeefcafe with "
+        + " ".join(SECRETS.values())
+    )
+    rows = failed_rows(
+        RunContext.of_store(opened, run_id="r-secret"),
+        resolve_preset(opened, None, {"epochs": 1}),
+        class_name="bottle",
+        seed=0,
+        shots=None,
+        error=error,
+        num_patches=opened.num_patches,
+    )
+    reports = ReportStore(str(tmp_path / "reports"))
+    reports.write_run("r-secret", rows)
+    files = [p for p in (tmp_path / "reports").rglob("*") if p.is_file()]
+    assert files
+    blob = b"".join(p.read_bytes() for p in files) + "".join(str(p) for p in files).encode()
+    for secret in [*SECRETS.values(), "AKIAFAKEUSER", "signedpart", "AKIAFAKE2", "deadbeefcafe"]:
+        assert secret.encode() not in blob, secret
+    frame = reports.read_metrics(run_id="r-secret")
+    assert (frame["status"] == "failed").all() and frame["error"].str.contains("cannot reach").all()
+    assert not np.isfinite(frame["value"].astype(float)).any()
