@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from generalad.cli_practitioner import COMMANDS as PRACTITIONER_COMMANDS
+from generalad.cli_practitioner import add_parsers as add_practitioner_parsers
 from generalad.errors import GeneralADError
 
 __all__ = ["main", "build_parser"]
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--selection", default="last", choices=("last", "best_on_test"))
     report.add_argument("--format", dest="fmt", default="markdown", choices=("markdown", "csv"))
     report.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
+    add_practitioner_parsers(sub)
     return parser
 
 
@@ -312,6 +315,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "reproduce": _cmd_reproduce,
     "report": _cmd_report,
+    **PRACTITIONER_COMMANDS,
 }
 
 
