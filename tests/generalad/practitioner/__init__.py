@@ -1,0 +1,1 @@
+"""Tests of fit-folder, predict and the pictures (tests/generalad/practitioner)."""
