@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,7 @@ __all__ = [
     "line_plot",
     "sweep_table",
     "sweep_plots",
+    "write_sweep_plots",
     "png_bytes",
     "markdown_images",
 ]
@@ -451,6 +454,28 @@ def sweep_plots(
             ylabel=metric,
         )
     return plots
+
+
+def write_sweep_plots(
+    frame: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    metric: str = "image_auroc",
+    selection: str = "last",
+) -> dict[str, Path]:
+    """Save ``sweep_plots(frame)`` as ``<out_dir>/<metric>_vs_sigma.png`` and ``<metric>_vs_top_k.png``.
+
+    Returns:
+        parameter -> the file written (only for the sweeps the frame holds).
+    """
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    for parameter, image in sweep_plots(frame, metric=metric, selection=selection).items():
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{metric}_vs_{parameter}.png"
+        image.save(path, format="PNG", optimize=True)
+        written[parameter] = path
+    return written
 
 
 def png_bytes(image: Image.Image) -> bytes:

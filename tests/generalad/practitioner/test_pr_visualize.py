@@ -24,6 +24,7 @@ from generalad.visualize import (
     sample_grid,
     sweep_plots,
     sweep_table,
+    write_sweep_plots,
 )
 
 
@@ -152,3 +153,42 @@ def test_markdown_images_embed_decodable_pngs():
     encoded = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)\)", text).group(1)
     decoded = Image.open(io.BytesIO(base64.b64decode(encoded)))
     assert decoded.size == (7, 5) and decoded.format == "PNG"
+
+
+def test_sweep_plots_from_a_real_report_store(tmp_path):
+    """The columns and dtypes `ReportStore.read_metrics()` returns (partition columns included) plot as expected."""
+    from storage.report_schema import MetricRow
+    from storage.reports import ReportStore
+
+    def row(sigma: float, top_k: int, value: float, class_name: str) -> MetricRow:
+        return MetricRow(
+            run_id="fig4",
+            dataset="mvtec_ad",
+            category=class_name,
+            backbone="vit_base_patch14_dinov2",
+            weights="random:0",
+            views="clean+noise_all+noise_random",
+            epochs=1,
+            top_k=top_k,
+            sigma=sigma,
+            class_name=class_name,
+            metric="image_auroc",
+            value=value,
+        )
+
+    rows = [row(s, 10, 0.5 + s / 2, c) for s in (0.05, 0.25, 1.0) for c in ("grid", "wood")]
+    rows += [row(0.25, k, 0.6 + k / 2000, c) for k in (1, 100, 1369) for c in ("grid", "wood")]
+    store = ReportStore(str(tmp_path / "reports"))
+    store.write_run("fig4", rows)
+    frame = store.read_metrics()
+    table = sweep_table(frame, "top_k")
+    assert table["top_k"].tolist() == [1, 10, 100, 1369] and table["series"].unique().tolist() == ["mvtec_ad"]
+    assert table.set_index("top_k").loc[10, "value"] == pytest.approx(0.5 + 0.25 / 2)
+    written = write_sweep_plots(frame, tmp_path / "plots")
+    assert sorted(p.name for p in written.values()) == [
+        "image_auroc_vs_sigma.png",
+        "image_auroc_vs_top_k.png",
+    ]
+    for path in written.values():
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (640, 400)
