@@ -617,7 +617,11 @@ def predict_to_folder(
                 values = resize_map(predictor.maps(scored.logits[row : row + 1])[0], image.size)
                 target = tmp / OVERLAY_DIR / overlay_names[index]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                overlay(image, values, vmin=vmin, vmax=vmax, alpha=alpha).save(target, format="PNG")
+                overlay(image, values, vmin=vmin, vmax=vmax, alpha=alpha).save(
+                    target,
+                    format="PNG",
+                    compress_level=1,  # 3x faster than the default 6, ~10 % larger
+                )
                 if save_maps:
                     map_path = (tmp / MAP_DIR / overlay_names[index]).with_suffix(".npy")
                     map_path.parent.mkdir(parents=True, exist_ok=True)
