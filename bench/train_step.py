@@ -1,11 +1,12 @@
-"""Benchmark: one discriminator training step at ViT-S shapes, against the machine's matmul throughput.
+"""Question 4: one discriminator training step against the FLOP bound at the measured matmul rate, and all
+views in ONE batched forward against one forward per view.
 
-Measures, in one process:
-
-- the median wall time of a training step (views + forward + loss + backward + AdamW) after warm-up, with all
-  views in ONE batched forward and with one forward per view;
-- the step's FLOPs, counted analytically (below), and the FLOP/s they imply;
-- the float32 matmul FLOP/s of this machine (a large ``torch.matmul``, 2 * n^3 FLOPs), and the ratio.
+Measured in one process, interleaved (A B C, C B A, ...): the training step (views + forward + loss + backward +
+AdamW, `generalad.training.training_step`) batched and per view, and a float32 matmul of 2048^3 (the machine's
+rate in that round). Reported per round, then the median: the step's analytic FLOPs / step time / matmul FLOP/s
+(the fraction of the matmul bound the step reaches; 1.0 = as fast as a plain matmul), and per-view time /
+batched time (> 1: batching pays). A ``torch.profiler`` run of one batched step splits its time by kind of
+operator, which says what limits it.
 
 FLOP count (multiply-add = 2 FLOPs; Bv = batch x views sequences of N tokens, width E, MLP width M, blocks L)::
 
@@ -13,33 +14,58 @@ FLOP count (multiply-add = 2 FLOPs; Bv = batch x views sequences of N tokens, wi
     attention, forward      2 * Bv * N*N * E * 2 * L                                   (Q K^T and A V, all heads)
     step                    3 * forward                                                (backward = 2 x forward)
 
-Softmax, LayerNorm, GELU, dropout, the distortions and AdamW are elementwise and left out (they are memory-bound
-and small in FLOPs), so the ratio is a lower bound on how well the step uses the matmul units.
+Softmax, LayerNorm, GELU, dropout, the distortions and AdamW are elementwise and left out (memory-bound, small in
+FLOPs), so the fraction is a lower bound on how well the step uses the matmul units.
+
+Shapes: ViT-S features, E = 384, batch 16, the industrial preset (clean + noise_all + noise_random). Full:
+N = 1369 (518 px, the paper's; about a minute per step on this CPU); quick: N = 256 (224 px).
 
 Usage::
 
-    .venv/bin/python bench/train_step.py [--steps 3] [--warmup 1] [--threads 1] [--device cpu]
-
-Prints a table and writes ``bench/results/train_step.json``.
+    .venv/bin/python bench/train_step.py [--quick] [--num-patches 1369] [--rounds 2] [--device cpu]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections import defaultdict
 
 import torch
+from common import base_parser, check, finish, interleaved, loadavg, median, paired_ratios, print_table
 
-from generalad.presets import preset_for
-from generalad.training import build_discriminator, make_optimizer, training_step
+NAME = "train_step"
+MATMUL = 2048
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+# operator name fragments -> kind, first match wins (profile split)
+_KINDS = (
+    ("optimizer (AdamW)", ("adam", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt")),
+    ("matmul (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")),
+    ("fused attention kernel", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("softmax", ("softmax",)),
+    ("dropout", ("dropout", "bernoulli")),
+    ("layernorm", ("layer_norm",)),
+    ("gelu", ("gelu",)),
+    ("loss", ("binary_cross_entropy", "log_sigmoid", "sigmoid")),
+    (
+        "distortions (randn, sort, gather)",
+        ("randn", "normal", "sort", "topk", "gather", "scatter", "randint", "rand", "argsort"),
+    ),
+    ("copies, cat, fill, alloc", ("copy_", "aten::cat", "empty", "fill_", "zero_", "clone", "contiguous")),
+    (
+        "other elementwise",
+        (
+            "aten::add",
+            "aten::mul",
+            "aten::sub",
+            "aten::div",
+            "aten::sum",
+            "aten::mean",
+            "aten::where",
+            "aten::ne",
+            "aten::eq",
+        ),
+    ),
+)
 
 
 def step_flops(
@@ -55,128 +81,170 @@ def step_flops(
     return {"forward_linear": linear, "forward_attention": attention, "forward": forward, "step": 3 * forward}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def profile_split(step, device: torch.device) -> dict[str, float]:
+    """Self time of one call of ``step`` by kind of operator (fractions of the total self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = next((k for k, frags in _KINDS if any(f.lower() in name for f in frags)), "other")
+        totals[kind] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return dict(sorted(((k, v / whole) for k, v in totals.items()), key=lambda kv: -kv[1]))
 
 
-def _median_seconds(
-    fn: Callable[[], object], *, repeats: int, warmup: int, device: torch.device
-) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def matmul_flops_per_second(size: int, *, repeats: int, device: torch.device) -> float:
-    """float32 FLOP/s of a size x size matmul (median of ``repeats``)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    times = _median_seconds(lambda: torch.matmul(a, b), repeats=repeats, warmup=1, device=device)
-    return 2 * size**3 / statistics.median(times)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__)
     parser.add_argument("--embed-dim", type=int, default=384)
-    parser.add_argument("--num-patches", type=int, default=1369)
+    parser.add_argument("--num-patches", type=int, default=None, help="default 256 quick, 1369 full")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median reported)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per variant (1 quick, 0 full)"
+    )
+    parser.add_argument("--profile-batch", type=int, default=None, help="batch of the profiled step (16 / 4)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--matmul-size", type=int, default=4096)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    num_patches = args.num_patches or (256 if args.quick else 1369)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 0)
+    profile_batch = args.profile_batch or (16 if args.quick else 4)
     torch.set_num_threads(args.threads)
+    load_start = loadavg()
+
+    from generalad.presets import preset_for
+    from generalad.training import build_discriminator, make_optimizer, training_step
+
     device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     preset = preset_for("mvtec_ad")  # clean + noise_all + noise_random
     heads = 6
     torch.manual_seed(0)
-    tokens = torch.randn(args.batch, args.num_patches, args.embed_dim, device=device)
-    attn = torch.rand(args.batch, heads, args.num_patches, device=device)
+    tokens = torch.randn(args.batch, num_patches, args.embed_dim, device=device)
+    attn = torch.rand(args.batch, heads, num_patches, device=device)
 
-    results: dict[str, dict] = {}
-    for variant, batched in (("batched", True), ("per_view", False)):
+    def make_step(batched: bool, batch: int = args.batch):
         torch.manual_seed(0)
-        model = build_discriminator(args.num_patches, args.embed_dim, preset).to(device).train()
+        model = build_discriminator(num_patches, args.embed_dim, preset).to(device).train()
         optimizer, _ = make_optimizer(model, preset, epochs=1)
         generator = torch.Generator(device=device).manual_seed(0)
+        feats, maps = tokens[:batch], attn[:batch]
 
-        def step(model=model, optimizer=optimizer, generator=generator, batched=batched) -> None:
+        def step() -> None:
             training_step(
-                model, optimizer, tokens, attn, views=preset.views, generator=generator, batched=batched
+                model, optimizer, feats, maps, views=preset.views, generator=generator, batched=batched
             )
+            sync()
 
-        times = _median_seconds(step, repeats=args.steps, warmup=args.warmup, device=device)
-        results[variant] = {"median_s": statistics.median(times), "times_s": times}
-        del model, optimizer
+        return step
 
+    mat_a = torch.randn(MATMUL, MATMUL, device=device)
+    mat_b = torch.randn(MATMUL, MATMUL, device=device)
+
+    def matmul() -> None:
+        torch.matmul(mat_a, mat_b)
+        sync()
+
+    times = interleaved(
+        {"batched": make_step(True), "per_view": make_step(False), "matmul": matmul},
+        rounds=args.rounds,
+        warmup=warmup,
+    )
+    split = profile_split(make_step(True, profile_batch), device)
+
+    views = len(preset.views)
     flops = step_flops(
         batch=args.batch,
-        views=len(preset.views),
-        num_patches=args.num_patches,
+        views=views,
+        num_patches=num_patches,
         embed_dim=args.embed_dim,
         mlp_dim=preset.mlp_dim,
         blocks=preset.num_blocks,
     )
-    peak = matmul_flops_per_second(args.matmul_size, repeats=5, device=device)
-    for r in results.values():
-        r["flops_per_s"] = flops["step"] / r["median_s"]
-        r["fraction_of_matmul"] = r["flops_per_s"] / peak
+    matmul_rates = [2 * MATMUL**3 / t for t in times["matmul"]]
+    fraction = {
+        name: median([flops["step"] / t / m for t, m in zip(times[name], matmul_rates, strict=True)])
+        for name in ("batched", "per_view")
+    }
+    speedup = median(paired_ratios(times, "per_view", "batched"))
 
-    report = {
+    print(
+        f"\ntrain step, E={args.embed_dim} N={num_patches} batch={args.batch} x {views} views, "
+        f"{args.threads} thread(s), {device}; load at start {load_start}"
+    )
+    print(
+        f"FLOPs/step (analytic): {flops['step'] / 1e12:.3f} T (forward linear {flops['forward_linear'] / 1e9:.1f} G, "
+        f"attention {flops['forward_attention'] / 1e9:.1f} G); matmul {MATMUL}^3 fp32 "
+        f"{median(matmul_rates) / 1e9:.1f} GFLOP/s (median of rounds)"
+    )
+    print_table(
+        ["variant", "median s/step", "rounds (s)", "FLOP bound s", "fraction of matmul"],
+        [
+            [
+                name,
+                median(times[name]),
+                " ".join(f"{t:.2f}" for t in times[name]),
+                flops["step"] / median(matmul_rates),
+                f"{fraction[name]:.1%}",
+            ]
+            for name in ("batched", "per_view")
+        ],
+    )
+    print(f"one batched forward vs one forward per view: {speedup:.3f}x (> 1: batching is faster)")
+    print_table(
+        ["operator kind", "share of self time"],
+        [[k, f"{v:.1%}"] for k, v in split.items()],
+        title=f"\nprofile of one batched step (batch {profile_batch})",
+    )
+
+    summary = [
+        check(
+            "4 train step",
+            f"step FLOP bound / step time (batched, N={num_patches})",
+            fraction["batched"],
+            0.50,
+            ">=",
+            source="bench",
+            note=f"{median(times['batched']):.2f} s/step; top: {next(iter(split))}",
+        ),
+        check(
+            "4 train step",
+            "per-view time / batched time",
+            speedup,
+            1.0,
+            ">=",
+            source="bench",
+            note="> 1 means one batched forward pays",
+        ),
+    ]
+    payload = {
         "config": {
             "embed_dim": args.embed_dim,
-            "num_patches": args.num_patches,
+            "num_patches": num_patches,
             "batch": args.batch,
             "views": list(preset.views),
             "mlp_dim": preset.mlp_dim,
             "disc_heads": preset.num_heads,
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "threads": args.threads,
+            "rounds": args.rounds,
+            "warmup": warmup,
             "device": str(device),
+            "matmul": MATMUL,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
+        "loadavg_start": load_start,
         "flops": flops,
-        "matmul": {"size": args.matmul_size, "flops_per_s": peak},
-        "steps": results,
-        "batched_speedup": results["per_view"]["median_s"] / results["batched"]["median_s"],
+        "times_s": times,
+        "matmul_flops_per_s_rounds": matmul_rates,
+        "fraction_of_matmul": fraction,
+        "batched_speedup": speedup,
+        "profile_split": split,
+        "profile_batch": profile_batch,
+        "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-
-    print(
-        f"train step, E={args.embed_dim} N={args.num_patches} batch={args.batch} x {len(preset.views)} views, "
-        f"{args.threads} thread(s), {device}"
-    )
-    print(
-        f"FLOPs/step (analytic): {flops['step'] / 1e12:.3f} T "
-        f"(forward linear {flops['forward_linear'] / 1e9:.1f} G, attention {flops['forward_attention'] / 1e9:.1f} G)"
-    )
-    print(f"matmul {args.matmul_size}^3 float32: {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'variant':<10} {'median s':>10} {'GFLOP/s':>10} {'of matmul':>10}")
-    for name, r in results.items():
-        print(
-            f"{name:<10} {r['median_s']:>10.3f} {r['flops_per_s'] / 1e9:>10.1f} {r['fraction_of_matmul']:>10.1%}"
-        )
-    print(f"batched forward speed-up over one forward per view: {report['batched_speedup']:.3f}x")
-    print(f"wrote {args.out}")
+    return finish(NAME, args, payload, started)
 
 
 if __name__ == "__main__":
