@@ -1,0 +1,185 @@
+"""Question 6: peak memory of a training run on a store of 1x and of 8x the images (it must stay flat).
+
+Two stores of random fp16 features are written through the real `StoreWriter` (one-vs-rest, classes a and b;
+the 8x store has eight times the training AND the test images of the 1x store). Each run is a separate child
+process (this script with ``--child``): `storage.train_job.train_from_store` for class a with the semantic preset
+(clean + noise_all, 1 epoch of 16 drawn images), then scoring of every test image from the store, which streams
+the whole 8x test set through the discriminator in batches of 64. The parent reads each child's peak RSS from
+``os.wait4`` (``ru_maxrss``) and the child reports its own ``VmHWM``.
+
+A third child is a positive control: the same run on the 8x store after reading every row into memory
+(`InMemoryFeatures` of `FeatureStore.read` of all rows), i.e. what a loading implementation would do. The verdict
+is the growth of peak RSS from 1x to 8x divided by the growth of the features (as float32): about 0 when
+streaming, 1 or more when loading. Children run with glibc's mmap threshold at 64 KiB, so freed blocks go back
+to the system and peak RSS follows live memory rather than heap fragmentation (tens of MB of noise otherwise).
+Note that ``import torch`` alone (a CUDA build) is about 0.7 GB of RSS.
+
+Quick: N = 64 (112 px), E = 384, 1x = 128 images (6 MB), 8x = 1024 images (50 MB); full: 1x = 256 images,
+8x = 2048 images (100 MB of fp16 features, 200 MB as float32).
+
+Usage::
+
+    .venv/bin/python bench/memory.py [--quick] [--grid 8] [--base-images 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import base_parser, check, finish, loadavg, print_table, scratch_dir, synthetic_store
+
+NAME = "memory"
+CONTROL = "8x, every row loaded first (control)"
+# glibc: serve every block >= 64 KiB by mmap and give it back on free, so that peak RSS follows live memory
+# instead of heap fragmentation (the same for every child; without it the noise is tens of MB)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def _vm_hwm_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def child(url: str, mode: str, threads: int) -> None:
+    """Run in a fresh process: train + score class a streaming from the store (``stream``), or the same run on
+    every row loaded into memory first (``load``, the positive control)."""
+    import numpy as np
+    import torch
+
+    from generalad.experiment import run_one_class
+    from generalad.feature_source import InMemoryFeatures
+    from generalad.presets import preset_for
+    from storage.feature_store import FeatureStore
+    from storage.train_job import train_from_store
+
+    torch.set_num_threads(threads)
+    store = FeatureStore(url)
+    preset = preset_for("cifar10").with_overrides(epochs=1, epoch_subset=16)
+    start = time.perf_counter()
+    if mode == "stream":
+        result = train_from_store(store, "a", preset=preset, progress=False)
+    else:
+        memory = InMemoryFeatures(*store.read(np.arange(store.num_images)))
+        result = run_one_class(memory, store.split("a"), preset, progress=False)
+    info = {
+        "mode": mode,
+        "images": store.num_images,
+        "test_images": len(result.scores),
+        "seconds": time.perf_counter() - start,
+        "vm_hwm_kb": _vm_hwm_kb(),
+    }
+    print("RESULT " + json.dumps(info))
+
+
+def run_child(url: str, mode: str, threads: int) -> dict:
+    """Start a child, wait for it with ``os.wait4``, return its report and peak RSS."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"} | MALLOC_ENV
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", url, "--mode", mode, "--threads", str(threads)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child ({mode}) failed with exit code {proc.returncode}:\n{out}")
+    report = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    return report | {"ru_maxrss_mb": usage.ru_maxrss / 1024}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__)
+    parser.add_argument("--grid", type=int, default=8, help="patch grid side (8 = 112 px)")
+    parser.add_argument("--base-images", type=int, default=None, help="images in the 1x store (128 / 256)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.mode, args.threads)
+        return {}
+    started = time.perf_counter()
+    base = args.base_images or (128 if args.quick else 256)
+    per_class = base // 4  # train and test of classes a and b
+    load_start = loadavg()
+    runs: dict[str, dict] = {}
+    with scratch_dir("memory") as tmp:
+        urls = {}
+        for factor in (1, 8):
+            urls[factor] = synthetic_store(
+                str(tmp / f"x{factor}.zarr"),
+                classes=("a", "b"),
+                n_train=per_class * factor,
+                n_test_per_class=per_class * factor,
+                grid=args.grid,
+            )
+        runs["1x"] = run_child(urls[1], "stream", args.threads)
+        runs["8x"] = run_child(urls[8], "stream", args.threads)
+        runs[CONTROL] = run_child(urls[8], "load", args.threads)
+
+    ratio = runs["8x"]["ru_maxrss_mb"] / runs["1x"]["ru_maxrss_mb"]
+    fp32_mb = {k: r["images"] * args.grid**2 * 384 * 4 / 1e6 for k, r in runs.items()}
+    extra_fp32 = fp32_mb["8x"] - fp32_mb["1x"]
+    retained = (runs["8x"]["ru_maxrss_mb"] - runs["1x"]["ru_maxrss_mb"]) / extra_fp32
+    retained_control = (runs[CONTROL]["ru_maxrss_mb"] - runs["1x"]["ru_maxrss_mb"]) / extra_fp32
+    print(
+        f"\nmemory, N={args.grid**2}, E=384, fp16 stores, {args.threads} threads; load at start {load_start}"
+    )
+    print_table(
+        ["run", "store images", "features as fp32 MB", "test images scored", "peak RSS MB", "VmHWM MB", "s"],
+        [
+            [
+                name,
+                r["images"],
+                fp32_mb[name],
+                r["test_images"],
+                r["ru_maxrss_mb"],
+                (r["vm_hwm_kb"] or 0) / 1024,
+                r["seconds"],
+            ]
+            for name, r in runs.items()
+        ],
+    )
+    print(
+        f"peak RSS 8x / 1x = {ratio:.3f}; of the {extra_fp32:.0f} MB more features (as fp32) the 8x run keeps "
+        f"{retained:.1%} resident, the loading control {retained_control:.1%} (streaming: ~0 %, loading: >= 100 %)"
+    )
+    summary = [
+        check(
+            "6 memory",
+            "peak-RSS growth 1x -> 8x / growth of the features (fp32)",
+            retained,
+            0.10,
+            "<=",
+            source="bench",
+            fmt="{:.3f}",
+            note=f"{runs['1x']['ru_maxrss_mb']:.0f} -> {runs['8x']['ru_maxrss_mb']:.0f} MB; control {retained_control:.2f}",
+        ),
+        check("6 memory", "  peak RSS 8x / 1x (info)", ratio),
+    ]
+    payload = {
+        "config": {"grid": args.grid, "embed_dim": 384, "base_images": base, "factor": 8},
+        "loadavg_start": load_start,
+        "runs": runs,
+        "ratio": ratio,
+        "retained_fraction": retained,
+        "retained_fraction_control": retained_control,
+        "summary": summary,
+    }
+    return finish(NAME, args, payload, started)
+
+
+if __name__ == "__main__":
+    main()
