@@ -271,3 +271,54 @@ def test_fit_folder_bad_input_leaves_no_result(folders, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, stderr = run_cli("fit-folder", "--normal", tmp_path / "empty", "--out", tmp_path / "o")
     assert code == 2 and "empty" in stderr
+    for setting, message in (
+        ("nonsense=1", "unknown preset field"),
+        ("sigma", "FIELD=VALUE"),
+        ("sigma=-1", "sigma"),
+    ):
+        code, _, stderr = run_cli("fit-folder", "--normal", normal, "--out", tmp_path / "o", "--set", setting)
+        assert code == 2 and message in stderr, stderr  # refused before any backbone work
+
+
+def test_a_weights_file_is_recorded_at_fit_time_and_checked_at_prediction(folders, tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    def weights_file(path, seed):
+        torch.manual_seed(seed)
+        model = timm.create_model("vit_small_patch14_dinov2", img_size=56, num_classes=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return path
+
+    weights = weights_file(tmp_path / "w" / "dinov2_s.safetensors", seed=5)
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    for image in sorted(folders.normal.iterdir())[:8]:
+        shutil.copy(image, normal / image.name)
+    run = tmp_path / "run"
+    code, _, stderr = run_cli(
+        "fit-folder", "--normal", normal, "--out", run, "--store", tmp_path / "stores",
+        "--weights", weights, "--image-size", "56", "--epochs", "1", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, stderr
+    features = json.loads((run / "model.json").read_text())["features"]
+    assert features["weights"].startswith("file:sha256:") and features["weights_file"] == str(
+        weights.resolve()
+    )
+    image = folders.anomalous / "000.png"
+    code, _, stderr = run_cli("predict", "--model", run, "--out", tmp_path / "p1", "--no-progress", image)
+    assert code == 0, stderr  # the recorded path is used
+    moved = weights.rename(tmp_path / "w" / "moved.safetensors")
+    code, _, stderr = run_cli("predict", "--model", run, "--out", tmp_path / "p2", image)
+    assert code == 2 and "does not exist here" in stderr and "--weights FILE" in stderr
+    code, _, stderr = run_cli("predict", "--model", run, "--out", tmp_path / "p3", "--weights", moved, image)
+    assert code == 0, stderr
+    first = pd.read_csv(tmp_path / "p1" / "scores.csv")["score"]
+    assert pd.read_csv(tmp_path / "p3" / "scores.csv")["score"].tolist() == pytest.approx(
+        first.tolist(), abs=1e-6
+    )
+    other = weights_file(tmp_path / "w" / "other.safetensors", seed=6)
+    code, _, stderr = run_cli("predict", "--model", run, "--out", tmp_path / "p4", "--weights", other, image)
+    assert code == 2 and "scores would be meaningless" in stderr and not (tmp_path / "p4").exists()

@@ -149,3 +149,27 @@ def test_folder_dataset_validates_before_any_backbone_work(tmp_path):
     train_only = folder_dataset(normal=normal)
     split = train_only.one_class_split(train_only.manifest(), "good")
     assert len(split.train_rows) == 2 and len(split.test_rows) == 0
+
+
+def test_folder_dataset_from_an_mvtec_like_root(tmp_path):
+    for rel in (
+        "train/good/0.png",
+        "train/good/1.png",
+        "test/good/0.png",
+        "test/dent/0.png",
+        "test/dent/1.png",
+    ):
+        _png(tmp_path / rel)
+    for rel in ("ground_truth/dent/0_mask.png", "ground_truth/dent/1_mask.png"):
+        _png(tmp_path / rel)
+    dataset = folder_dataset(root=tmp_path)
+    manifest = dataset.manifest()
+    assert dataset.has_masks and len(manifest) == 5
+    anomalous = manifest[manifest["label"] == 1]
+    assert anomalous["defect_type"].tolist() == ["dent", "dent"]
+    assert [list(m) for m in anomalous["mask_paths"]] == [
+        ["ground_truth/dent/0_mask.png"],
+        ["ground_truth/dent/1_mask.png"],
+    ]
+    with pytest.raises(ConfigError, match="from the layout"):
+        folder_dataset(root=tmp_path, test_normal=tmp_path / "test" / "good")
