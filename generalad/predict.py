@@ -572,7 +572,8 @@ def predict_to_folder(
             normal_scores = predictor.scores(scored_normal.logits)
             threshold = Threshold(
                 threshold_from_scores(normal_scores, quantile),
-                f"quantile {quantile:g} of the scores of {len(normal_scores)} normal images",
+                (f"quantile {quantile:g}" if quantile < 1 else "maximum")
+                + f" of the scores of {len(normal_scores)} normal images",
                 quantile,
                 len(normal_scores),
             )
