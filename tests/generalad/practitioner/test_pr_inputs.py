@@ -173,3 +173,22 @@ def test_folder_dataset_from_an_mvtec_like_root(tmp_path):
     ]
     with pytest.raises(ConfigError, match="from the layout"):
         folder_dataset(root=tmp_path, test_normal=tmp_path / "test" / "good")
+
+
+def test_grid_rows_show_top_scoring_normals_and_every_defect_type_in_turn():
+    import pandas as pd
+
+    from generalad.fit_folder import grid_rows
+
+    defects = ["good"] * 10 + ["crack"] * 5 + ["dent"] * 5 + ["hole"] * 5
+    manifest = pd.DataFrame({"defect_type": defects})
+    scores = pd.DataFrame(
+        {"row": range(25), "score": [float(i % 7) for i in range(25)], "label": [0] * 10 + [1] * 15}
+    )
+    rows = grid_rows(manifest, scores, max_samples=8)
+    assert rows[:2] == [6, 5]  # the two highest-scoring normal images (scores 6 and 5)
+    assert rows[2:] == [10, 11, 15, 16, 20, 21]  # two per defect type, grouped by type
+    assert grid_rows(manifest, scores, max_samples=100) == sorted(range(10), key=lambda r: -(r % 7)) + list(
+        range(10, 25)
+    )
+    assert grid_rows(manifest, scores.iloc[10:], max_samples=4) == [10, 11, 15, 20]  # no normal: all slots
