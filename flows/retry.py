@@ -6,14 +6,15 @@ from generalad.errors import GeneralADError
 
 __all__ = ["is_transient", "transient_io_only"]
 
-_DETERMINISTIC_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# our own input errors, and OS errors that a retry would only repeat
+_DETERMINISTIC = (GeneralADError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Network hiccups, timeouts and I/O errors of a shared store; not our own input errors."""
-    if isinstance(exc, GeneralADError | _DETERMINISTIC_OS_ERRORS):
+    if isinstance(exc, _DETERMINISTIC):
         return False
-    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
 def transient_io_only(task, task_run, state) -> bool:
