@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from flows.retry import transient_io_only
-from generalad.backbone import BackboneSpec
+from generalad.backbone import BackboneSpec, resolve_weights
 from generalad.datasets import get_dataset
 from storage.extraction import extract_features
 
@@ -53,20 +53,24 @@ def extract_features_flow(
     root: str,
     category: str | None = None,
     backbone: str = "vit_small_patch14_dinov2",
-    weights: str = "hub",
+    weights: str = "auto",
     seed: int = 0,
     image_size: int = 518,
     layers: list[int] = [-1],  # noqa: B006 - Prefect parameters need a JSON default
     dtype: str = "float16",
     store: str = "stores",
 ) -> str:
-    """Extract one dataset (or one category of it) into `store`; returns the store URL."""
+    """Extract one dataset (or one category of it) into `store`; returns the store URL.
+
+    `weights`: "auto" (pretrained when the hub weights are cached or reachable, else an explicit random init),
+    "hub", "random", or a weights file.
+    """
     return extract_store(
         dataset,
         root,
         category,
         backbone=backbone,
-        weights=weights,
+        weights=resolve_weights(weights, backbone),
         seed=seed,
         image_size=image_size,
         layers=tuple(layers),

@@ -1,9 +1,16 @@
 """The `reproduce-all` flow: a suite of the paper's experiments, end to end.
 
-Read top to bottom: (1) resolve the suite, dataset roots and weights; (2) extract every store the suite needs,
-sequentially in this process (a complete store costs nothing); (3) fan the per-class training tasks out on Dask;
-(4) write every row, failed classes included, to the Parquet report store and publish Prefect artifacts;
-(5) end Failed, naming each failed task, if any task or dataset failed (Prefect 3 would not do so by itself).
+`reproduce_all` reads top to bottom as its five steps, each a helper below it:
+(1) datasets: resolve every root the suite needs; a missing one is reported with its how-to-get line and the
+    rest of the suite still runs;
+(2) extraction: every store the suite needs, once each, sequentially in this process (a complete store costs
+    nothing; extraction never shares the cores with training);
+(3) training: one task per (class, seed, shots) fanned out on Dask; every task's outcome is collected, a failure
+    included, without raising;
+(4) reports: every row, one status="failed" row per failed class task included, to the Parquet report store,
+    plus Prefect artifacts;
+(5) the flow ends Failed with `SuiteFailed`, naming every failed dataset, extraction and class task (Prefect 3
+    would not fail the flow by itself for a failed task whose state nobody checks).
 """
 
 from __future__ import annotations
@@ -11,31 +18,40 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from flows.extract import extract_store
 from flows.runtime import plan_dask
-from flows.suites import SuiteEntry, dataset_roots, get_suite, missing_datasets
-from flows.train import ClassJob, ClassResult, train_class
+from flows.suites import Suite, SuiteEntry, dataset_roots, get_suite, missing_datasets
+from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
 from generalad.backbone import resolve_weights
 from generalad.datasets import generate_quickstart, get_dataset_class
 from generalad.report_tables import render_table
 from storage.feature_store import FeatureStore
-from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
-from storage.train_job import resolve_preset
 
-__all__ = ["reproduce_all", "new_run_id", "default_data_home", "SuiteFailed"]
+__all__ = ["reproduce_all", "train_classes", "new_run_id", "default_data_home", "SuiteFailed"]
+
+Outcome = tuple[ClassJob, ClassResult | str]  # a job and its rows, or the error that stopped it
 
 
 class SuiteFailed(RuntimeError):
-    """Some class tasks or datasets of the suite failed; the message names each one."""
+    """Some datasets, extractions or class tasks of the suite failed; the message names each one.
+
+    `summary` is what the flow would have returned (run id, reports, table of the classes that ran, failures).
+    """
+
+    def __init__(self, message: str, summary: dict | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or {}
 
 
 def new_run_id(prefix: str) -> str:
@@ -46,63 +62,6 @@ def new_run_id(prefix: str) -> str:
 def default_data_home() -> Path:
     """Where generated data (the quickstart set) lives: `$GENERALAD_HOME/data`, default `./.generalad/data`."""
     return Path(os.environ.get("GENERALAD_HOME", ".generalad")) / "data"
-
-
-@dataclass(frozen=True)
-class StoreTarget:
-    """One feature store an entry needs (a dataset, or one category of an industrial dataset)."""
-
-    entry: SuiteEntry
-    root: str
-    category: str | None
-
-
-def _targets(entry: SuiteEntry, root: str) -> list[StoreTarget]:
-    """Industrial datasets get one store per category (the entry's, else every category under the root)."""
-    cls = get_dataset_class(entry.dataset)
-    if not cls.requires_category:
-        return [StoreTarget(entry, root, None)]
-    categories = entry.categories or tuple(cls(Path(root), None).categories())
-    return [StoreTarget(entry, root, c) for c in categories]
-
-
-def _jobs(target: StoreTarget, store: dict, eval_every_epoch: bool) -> list[ClassJob]:
-    entry = target.entry
-    classes = (
-        [target.category]
-        if target.category
-        else list(entry.categories or FeatureStore(store["url"]).normal_classes)
-    )
-    return [
-        ClassJob(store["url"], c, seed, shots, entry.overrides(), eval_every_epoch, store["seconds"])
-        for c in classes
-        for seed, shots in entry.variants()
-    ]
-
-
-@flow(name="train-classes")
-def train_classes(
-    jobs: list[ClassJob], run_id: str, torch_threads: int
-) -> list[tuple[ClassJob, ClassResult | str]]:
-    """Submit every class job to the flow's task runner (Dask); collect results and failures without raising."""
-    futures = [train_class.submit(job, run_id=run_id, torch_threads=torch_threads) for job in jobs]
-    outcomes: list[tuple[ClassJob, ClassResult | str]] = []
-    for job, future in zip(jobs, futures, strict=True):
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            outcomes.append((job, future.result()))
-        else:
-            error = state.result(raise_on_failure=False)
-            outcomes.append(
-                (
-                    job,
-                    f"{type(error).__name__}: {error}"
-                    if isinstance(error, BaseException)
-                    else str(state.message),
-                )
-            )
-    return outcomes
 
 
 @flow(name="reproduce-all")
@@ -130,96 +89,261 @@ def reproduce_all(
         n_workers: LocalCluster size (default: one per task up to the core count).
         eval_every_epoch: evaluate after every epoch, reporting both `last` and `best_on_test`.
         run_id: the report run id; a rerun with the same id replaces that run's rows only.
+
+    Returns:
+        {"run_id", "reports", "table" (markdown), "failures" (empty), "tasks", "extractions" (one per store:
+        url, images_extracted, seconds, reused)}.
+
+    Raises:
+        SuiteFailed: naming every missing dataset, failed extraction and failed class task, after the rows of
+            everything that ran were written.
     """
     logger = get_run_logger()
     the_suite = get_suite(suite)
     run_id = run_id or new_run_id(the_suite.name)
-    roots = dataset_roots(config)
-    if "quickstart" in the_suite.datasets() and "quickstart" not in roots:
-        roots["quickstart"] = str(generate_quickstart(default_data_home() / "quickstart"))
-    missing = missing_datasets(the_suite, roots)
+
+    # 1. datasets
+    roots, missing = _resolve_datasets(the_suite, config)
     for message in missing.values():
         logger.warning("missing dataset, skipped: %s", message)
-    failures: list[str] = [f"dataset {m}" for m in missing.values()]
+    failures = [f"dataset {message}" for message in missing.values()]
 
-    # 1. extraction: sequential, in this process, never alongside training on the same cores
-    jobs: list[ClassJob] = []
-    for entry in the_suite.entries:
-        if entry.dataset in missing:
-            continue
-        entry_weights = resolve_weights(entry.weights or weights, entry.backbone)
-        for target in _targets(entry, roots[entry.dataset]):
-            try:
-                built = extract_store(
-                    entry.dataset,
-                    target.root,
-                    target.category,
-                    backbone=entry.backbone,
-                    weights=entry_weights,
-                    image_size=entry.image_size,
-                    layers=entry.layers,
-                    store=store,
-                )
-            except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
-                where = f"{entry.dataset}/{target.category or '*'} ({entry.backbone})"
-                failures.append(f"extraction {where}: {type(exc).__name__}: {exc}")
-                continue
-            jobs.extend(_jobs(target, built, eval_every_epoch))
+    # 2. extraction
+    extraction = _extract_all(
+        the_suite, roots, missing, weights=weights, store=store, eval_every_epoch=eval_every_epoch
+    )
+    failures += extraction.failures
 
-    # 2. training: one task per (class, seed, shots) on Dask
-    outcomes: list[tuple[ClassJob, ClassResult | str]] = []
-    if jobs:
-        plan = plan_dask(len(jobs), address=dask_address, n_workers=n_workers)
-        logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster chatter drowns the results
-        logger.info(
-            "training %d class tasks on %s", len(jobs), plan.address or f"a LocalCluster of {plan.n_workers}"
-        )
-        runner = DaskTaskRunner(**plan.runner_kwargs())
-        outcomes = train_classes.with_options(task_runner=runner)(jobs, run_id, plan.torch_threads)
+    # 3. training
+    outcomes = _train_all(extraction.jobs, run_id, dask_address=dask_address, n_workers=n_workers)
+    failures += [
+        f"class task {job.label} of {job.store_url}: {outcome}"
+        for job, outcome in outcomes
+        if not isinstance(outcome, ClassResult)
+    ]
 
-    # 3. reports: every row, failed tasks included
-    metric_rows, score_tables = [], []
-    for job, outcome in outcomes:
-        if isinstance(outcome, ClassResult):
-            metric_rows.extend(outcome.metrics)
-            score_tables.append(outcome.scores)
-            continue
-        failures.append(f"class task {job.label} of {job.store_url}: {outcome}")
-        store_ = FeatureStore(job.store_url)
-        context = RunContext.of_store(store_, run_id=run_id)
-        preset = resolve_preset(store_, None, job.overrides)
-        metric_rows.extend(
-            failed_rows(
-                context,
-                preset,
-                class_name=job.class_name,
-                seed=job.seed,
-                shots=job.shots,
-                error=outcome,
-                num_patches=store_.num_patches,
-            )
-        )
-    table_md = ""
-    if metric_rows:
-        import pyarrow as pa
+    # 4. reports
+    table_md = _write_reports(reports, run_id, outcomes, failures)
 
-        report_store = ReportStore(reports)
-        report_store.write_run(run_id, metric_rows, pa.concat_tables(score_tables) if score_tables else None)
-        frame = report_store.read_metrics(run_id=run_id)
-        table_md = render_table(frame, with_paper=True)
-        _publish_artifacts(frame, table_md, failures)
+    # 5. fail, naming every failure
     summary = {
         "run_id": run_id,
         "reports": reports,
         "table": table_md,
         "failures": failures,
-        "tasks": len(jobs),
+        "tasks": len(extraction.jobs),
+        "extractions": extraction.stores,
     }
     if failures:
         raise SuiteFailed(
-            f"{len(failures)} failure(s) in suite {the_suite.name!r}:\n- " + "\n- ".join(failures)
+            f"{len(failures)} failure(s) in suite {the_suite.name!r}:\n- " + "\n- ".join(failures), summary
         )
     return summary
+
+
+# -- 1. datasets -------------------------------------------------------------------------------------------------
+
+
+def _resolve_datasets(suite: Suite, config: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Dataset roots (the quickstart set generated when it has none) and the missing ones with how-to-get lines."""
+    roots = dataset_roots(config)
+    if "quickstart" in suite.datasets() and "quickstart" not in roots:
+        roots["quickstart"] = str(generate_quickstart(default_data_home() / "quickstart"))
+    return roots, missing_datasets(suite, roots)
+
+
+# -- 2. extraction -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """One feature store an entry needs (a dataset, or one category of an industrial dataset)."""
+
+    entry: SuiteEntry
+    root: str
+    category: str | None
+
+
+@dataclass
+class Extraction:
+    """What the extraction step produced: the class jobs to run, the stores, and what failed."""
+
+    jobs: list[ClassJob] = field(default_factory=list)
+    stores: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def _extract_all(
+    suite: Suite,
+    roots: Mapping[str, str],
+    missing: Mapping[str, str],
+    *,
+    weights: str,
+    store: str,
+    eval_every_epoch: bool,
+) -> Extraction:
+    """Extract (or find complete) every store of the suite's available datasets, each store once; one failed
+    entry or store is recorded and the rest goes on."""
+    out = Extraction()
+    done: dict[tuple, dict] = {}  # same dataset/category/backbone/size/layers/weights -> one store
+    for entry in suite.entries:
+        if entry.dataset in missing:
+            continue  # already reported
+        where = f"{entry.dataset} ({entry.backbone}{', ' + entry.label if entry.label else ''})"
+        try:
+            entry_weights = resolve_weights(entry.weights or weights, entry.backbone)
+            targets = _targets(entry, roots[entry.dataset])
+        except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
+            out.failures.append(f"entry {where}: {type(exc).__name__}: {exc}")
+            continue
+        for target in targets:
+            key = (
+                entry.dataset,
+                target.category,
+                entry.backbone,
+                entry_weights,
+                entry.image_size,
+                entry.layers,
+            )
+            if key not in done:
+                try:
+                    done[key] = extract_store(
+                        entry.dataset,
+                        target.root,
+                        target.category,
+                        backbone=entry.backbone,
+                        weights=entry_weights,
+                        image_size=entry.image_size,
+                        layers=entry.layers,
+                        store=store,
+                    )
+                except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
+                    done[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                    out.failures.append(
+                        f"extraction {entry.dataset}/{target.category or '*'} ({entry.backbone}): "
+                        f"{done[key]['error']}"
+                    )
+                    continue
+                out.stores.append(done[key])
+            if "error" not in done[key]:
+                out.jobs.extend(_jobs(target, done[key], eval_every_epoch))
+    return out
+
+
+def _targets(entry: SuiteEntry, root: str) -> list[StoreTarget]:
+    """Industrial datasets get one store per category (the entry's, else every category under the root)."""
+    cls = get_dataset_class(entry.dataset)
+    if not cls.requires_category:
+        return [StoreTarget(entry, root, None)]
+    categories = entry.categories or tuple(cls(Path(root), None).categories())
+    return [StoreTarget(entry, root, c) for c in categories]
+
+
+def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool) -> list[ClassJob]:
+    """One job per (normal class, seed, shots) of the entry on this store."""
+    entry = target.entry
+    classes = (
+        [target.category]
+        if target.category
+        else list(entry.categories or FeatureStore(built["url"]).normal_classes)
+    )
+    extract_seconds = None if built["reused"] else built["seconds"]
+    return [
+        ClassJob(
+            built["url"],
+            c,
+            seed,
+            shots,
+            entry.overrides(),
+            eval_every_epoch,
+            extract_seconds,
+            variant=entry.label,
+        )
+        for c in classes
+        for seed, shots in entry.variants()
+    ]
+
+
+# -- 3. training -------------------------------------------------------------------------------------------------
+
+
+def _train_all(
+    jobs: list[ClassJob], run_id: str, *, dask_address: str | None, n_workers: int | None
+) -> list[Outcome]:
+    """Every job's outcome, in order; a cluster that fails as a whole fails every job with its error."""
+    if not jobs:
+        return []
+    plan = plan_dask(len(jobs), address=dask_address, n_workers=n_workers)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster chatter drowns the results
+    get_run_logger().info(
+        "training %d class tasks on %s",
+        len(jobs),
+        plan.address or f"a LocalCluster of {plan.n_workers} (torch threads {plan.torch_threads} each)",
+    )
+    runner = DaskTaskRunner(**plan.runner_kwargs())
+    try:
+        return train_classes.with_options(task_runner=runner)(
+            jobs, run_id, plan.torch_threads, _this_flow_run_id()
+        )
+    except Exception as exc:  # noqa: BLE001 - e.g. an unreachable scheduler: every job is named as failed
+        error = f"the Dask run failed: {type(exc).__name__}: {exc}"
+        return [(job, error) for job in jobs]
+
+
+@flow(name="train-classes")
+def train_classes(
+    jobs: list[ClassJob], run_id: str, torch_threads: int | None, flow_run_id: str | None = None
+) -> list[Outcome]:
+    """Submit every class job to the flow's task runner (Dask); collect every result or error, never raising.
+
+    `flow_run_id`: the run the report rows name (the calling `reproduce-all` run).
+    """
+    futures = [
+        train_class.submit(job, run_id=run_id, torch_threads=torch_threads, flow_run_id=flow_run_id)
+        for job in jobs
+    ]
+    outcomes: list[Outcome] = []
+    for job, future in zip(jobs, futures, strict=True):
+        future.wait()
+        state = future.state
+        if state.is_completed():
+            outcomes.append((job, future.result()))
+            continue
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            outcomes.append((job, f"{type(error).__name__}: {error}"))
+        else:
+            outcomes.append((job, f"{state.name}: {state.message}"))
+    return outcomes
+
+
+def _this_flow_run_id() -> str | None:
+    run = flow_run.get_id()
+    return str(run) if run else None
+
+
+# -- 4. reports --------------------------------------------------------------------------------------------------
+
+
+def _write_reports(reports: str, run_id: str, outcomes: list[Outcome], failures: list[str]) -> str:
+    """Write every class's rows (a failed one as its status="failed" row); publish artifacts; the table."""
+    import pyarrow as pa
+
+    metric_rows, score_tables = [], []
+    for job, outcome in outcomes:
+        if isinstance(outcome, ClassResult):
+            metric_rows.extend(outcome.metrics)
+            score_tables.append(outcome.scores)
+        else:
+            metric_rows.extend(failed_rows_of(job, run_id, outcome, _this_flow_run_id()))
+    if not metric_rows:
+        return ""
+    report_store = ReportStore(reports)
+    report_store.write_run(run_id, metric_rows, pa.concat_tables(score_tables) if score_tables else None)
+    frame = report_store.read_metrics(run_id=run_id)
+    table_md = render_table(frame, with_paper=True)
+    _publish_artifacts(frame, table_md, failures)
+    return table_md
 
 
 def _publish_artifacts(frame, table_md: str, failures: list[str]) -> None:

@@ -118,11 +118,16 @@ def ensure_prefect_api() -> Iterator[str | None]:
 
 @dataclass(frozen=True)
 class DaskPlan:
-    """Where per-class tasks run: an existing scheduler (`address`) or a LocalCluster of `n_workers`."""
+    """Where per-class tasks run: an existing scheduler (`address`) or a LocalCluster of `n_workers`.
+
+    `torch_threads` is what each task sets (None on an existing cluster: its workers' cores are not ours to
+    count, their own torch setting stays). A LocalCluster binds its scheduler, workers and dashboard to
+    127.0.0.1 only.
+    """
 
     address: str | None
     n_workers: int
-    torch_threads: int
+    torch_threads: int | None
 
     def runner_kwargs(self) -> dict:
         if self.address:
@@ -139,8 +144,13 @@ class DaskPlan:
 
 
 def plan_dask(n_tasks: int, *, address: str | None = None, n_workers: int | None = None) -> DaskPlan:
-    """Size the cluster: one worker per task up to the core count, torch threads = cores // workers (>= 1)."""
+    """Size the cluster: one worker per task up to the core count, torch threads = cores // workers (>= 1).
+
+    `address` (default `$DASK_SCHEDULER_ADDRESS`) names an existing scheduler to use instead.
+    """
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        return DaskPlan(address=address, n_workers=0, torch_threads=None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = n_workers or max(1, min(n_tasks, cores))
-    return DaskPlan(address=address, n_workers=workers, torch_threads=max(1, cores // workers))
+    return DaskPlan(address=None, n_workers=workers, torch_threads=max(1, cores // workers))

@@ -1,4 +1,9 @@
-"""The `train-class` task and flow: one discriminator per (store, normal class, seed, shots), results as rows."""
+"""The `train-class` task and flow: one discriminator per (store, normal class, seed, shots), results as rows.
+
+The task receives a `ClassJob` (a store URL and a few settings, never arrays) and returns the report rows of that
+one class; `failed_rows_of` turns a failure into the row that names it. The flow trains one class from an
+existing store and writes its rows to the report store, a failure included.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,29 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.retry import transient_io_only
+from generalad.errors import GeneralADError
 from storage.feature_store import FeatureStore
-from storage.report_rows import RunContext, metric_rows_of, score_table_of
+from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
 from storage.report_schema import MetricRow
 from storage.reports import ReportStore
 from storage.train_job import resolve_preset, train_from_store
 
-__all__ = ["ClassJob", "ClassResult", "train_class", "train_class_flow"]
+__all__ = ["ClassJob", "ClassResult", "ClassFailed", "train_class", "train_class_flow", "failed_rows_of"]
 
 
 @dataclass(frozen=True)
 class ClassJob:
-    """One training task: small and picklable (URLs and settings, never arrays)."""
+    """One training task: small and picklable (URLs and settings, never arrays).
+
+    Attributes:
+        store_url: the complete feature store to train from.
+        class_name: the normal class.
+        seed, shots: the variant (shots None = the full training set).
+        overrides: preset fields this job changes (e.g. {"epochs": 5, "sigma": 0.5}).
+        eval_every_epoch: evaluate after every epoch (reports `last` and `best_on_test`).
+        extract_seconds: backbone time that built the store, copied into the rows (None when it was reused).
+        variant: what the suite entry varies (e.g. "sigma=0.5"), for messages; "" for plain entries.
+    """
 
     store_url: str
     class_name: str
@@ -31,23 +47,45 @@ class ClassJob:
     overrides: dict[str, Any] = field(default_factory=dict)
     eval_every_epoch: bool = True
     extract_seconds: float | None = None
+    variant: str = ""
 
     @property
     def label(self) -> str:
         shots = "" if self.shots is None else f" shots={self.shots}"
-        return f"{self.class_name} seed={self.seed}{shots}"
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{self.class_name} seed={self.seed}{shots}{variant}"
 
 
 @dataclass(frozen=True)
 class ClassResult:
+    """The rows of one trained class: metric rows (every selection) and per-image scores."""
+
     metrics: list[MetricRow]
     scores: pa.Table
 
 
+class ClassFailed(RuntimeError):
+    """The `train-class` flow's class task failed; the message names the class and the error."""
+
+
 @task(name="train-class", retries=1, retry_delay_seconds=5, retry_condition_fn=transient_io_only)
-def train_class(job: ClassJob, *, run_id: str, torch_threads: int = 1, device: str = "cpu") -> ClassResult:
-    """Train and evaluate one discriminator from the store; returns its report rows."""
-    torch.set_num_threads(torch_threads)
+def train_class(
+    job: ClassJob,
+    *,
+    run_id: str,
+    torch_threads: int | None = 1,
+    device: str = "cpu",
+    flow_run_id: str | None = None,
+) -> ClassResult:
+    """Train and evaluate one discriminator from the store; returns its report rows.
+
+    Retried once on a transient I/O error (a shared store's hiccup), never on a deterministic one.
+    `torch_threads`: intra-op threads for this task; None leaves the worker's setting alone (an external
+    cluster, whose cores this process cannot see). `flow_run_id`: the flow run the rows name (default: the
+    run this task belongs to; `reproduce-all` passes its own, not its `train-classes` subflow's).
+    """
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     store = FeatureStore.open(job.store_url)
     preset = resolve_preset(store, None, job.overrides)
     result = train_from_store(
@@ -61,15 +99,46 @@ def train_class(job: ClassJob, *, run_id: str, torch_threads: int = 1, device: s
         device=device,
     )
     context = RunContext.of_store(
-        store, run_id=run_id, flow_run_id=_flow_run_id(), device=device, extract_seconds=job.extract_seconds
+        store,
+        run_id=run_id,
+        flow_run_id=flow_run_id or _flow_run_id(),
+        device=device,
+        extract_seconds=job.extract_seconds,
     )
     auroc = next(
-        r["value"] for r in result.metrics if r["metric"] == "image_auroc" and r["selection"] == "last"
+        (r["value"] for r in result.metrics if r["metric"] == "image_auroc" and r["selection"] == "last"),
+        float("nan"),
     )
     get_run_logger().info("%s %s: image AUROC %.4f (last)", store.dataset, job.label, auroc)
     return ClassResult(
         metric_rows_of(result, context, num_patches=store.num_patches),
         score_table_of(result, context, store.manifest["image_id"].to_numpy()),
+    )
+
+
+def failed_rows_of(job: ClassJob, run_id: str, error: str, flow_run_id: str | None = None) -> list[MetricRow]:
+    """The status="failed" row that names a failed class task in the report.
+
+    The preset falls back to the dataset's own when the job's overrides are themselves the problem. A store that
+    cannot be read gives no row (its dataset and backbone are unknown); the failure is still named by the flow.
+    """
+    try:
+        store = FeatureStore.open(job.store_url)
+    except (GeneralADError, OSError, KeyError, ValueError):
+        return []
+    try:
+        preset = resolve_preset(store, None, job.overrides)
+    except GeneralADError:
+        preset = resolve_preset(store, None, None)
+    context = RunContext.of_store(store, run_id=run_id, flow_run_id=flow_run_id or _flow_run_id())
+    return failed_rows(
+        context,
+        preset,
+        class_name=job.class_name,
+        seed=job.seed,
+        shots=job.shots,
+        error=error,
+        num_patches=store.num_patches,
     )
 
 
@@ -89,11 +158,19 @@ def train_class_flow(
     reports: str = "reports",
     run_id: str | None = None,
 ) -> dict:
-    """Train one class from an existing store and append its rows to the report store."""
+    """Train one class from an existing store and append its rows to the report store.
+
+    A failed task still leaves its status="failed" row in the reports, and the flow ends Failed naming the class.
+    """
     from flows.reproduce import new_run_id
 
     run_id = run_id or new_run_id(f"train-{class_name}")
     job = ClassJob(store, class_name, seed, shots, {"epochs": epochs} if epochs else {}, eval_every_epoch)
-    result = train_class(job, run_id=run_id, torch_threads=torch.get_num_threads())
+    try:
+        result = train_class(job, run_id=run_id, torch_threads=torch.get_num_threads())
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        ReportStore(reports).write_run(run_id, failed_rows_of(job, run_id, error))
+        raise ClassFailed(f"class task {job.label} of {store} failed: {error}") from exc
     ReportStore(reports).write_run(run_id, result.metrics, result.scores)
     return {"run_id": run_id, "metrics": [(r.metric, r.selection, r.value) for r in result.metrics]}
