@@ -1,0 +1,183 @@
+"""The `reproduce-all` flow, called directly against the session's local Prefect server.
+
+Uses the `smoke` suite (quickstart brick, random-init ViT-S at 56 px, 1 epoch: the timm default init, so the
+backbone's blocks contribute almost nothing; these tests exercise the plumbing, not the features). Runs:
+- the same suite twice on one store: the second run extracts nothing and gives the same values;
+- a two-class suite whose second class cannot train (sigma=1e30 gives a NaN loss -> TrainingError) plus a
+  dataset with no root: the flow writes the good rows and the failed row, then ends Failed naming both;
+- the suite on an existing Dask cluster named by DASK_SCHEDULER_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.suites import HOW_TO_GET, Suite, SuiteEntry, get_suite
+from storage.reports import ReportStore
+
+pytestmark = pytest.mark.slow
+
+SMOKE = get_suite("smoke").entries[0]
+
+
+def _store_files(root: Path) -> dict[str, int]:
+    """Every file under the feature store root, with its modification time (ns)."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    """The module's feature store root: empty before the first run of this module."""
+    return tmp_path_factory.mktemp("stores")
+
+
+@pytest.fixture(scope="module")
+def two_runs(prefect_api, data_home, store_root, tmp_path_factory):
+    """`reproduce-all` on smoke, twice on the same store; each run's summary, wall time and store files after."""
+    from flows.reproduce import reproduce_all
+
+    reports = tmp_path_factory.mktemp("reports-rerun")
+    runs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        summary = reproduce_all(suite="smoke", reports=str(reports), store=str(store_root))
+        seconds = time.perf_counter() - started
+        runs.append({"summary": summary, "seconds": seconds, "files": _store_files(store_root)})
+    print(
+        f"\nreproduce-all smoke: first run {runs[0]['seconds']:.1f} s, second run {runs[1]['seconds']:.1f} s"
+    )
+    return ReportStore(str(reports)), runs
+
+
+def test_second_run_extracts_nothing(two_runs, record_property):
+    _, (first, second) = two_runs
+    record_property("first_run_s", round(first["seconds"], 1))
+    record_property("second_run_s", round(second["seconds"], 1))
+    [built] = first["summary"]["extractions"]
+    assert not built["reused"] and built["images_extracted"] > 0
+    [again] = second["summary"]["extractions"]
+    assert again["url"] == built["url"]
+    assert again["reused"] and again["images_extracted"] == 0
+    # not one file of the store was written again (and none added)
+    assert second["files"] == first["files"]
+    assert any(name.endswith("zarr.json") for name in first["files"])
+
+
+def test_both_runs_write_the_same_image_auroc(two_runs):
+    reports, (first, second) = two_runs
+    values = []
+    for run in (first, second):
+        run_id = run["summary"]["run_id"]
+        frame = reports.read_metrics(run_id=run_id, metric="image_auroc", selection="last")
+        assert list(frame["class_name"]) == ["brick"]
+        assert list(frame["status"]) == ["ok"]
+        assert frame["run_id"].unique().tolist() == [run_id]
+        values.append(float(frame["value"].iloc[0]))
+    assert 0.0 <= values[0] <= 1.0
+    # same features, same seed: the rerun reproduces the value
+    assert values[1] == pytest.approx(values[0], abs=1e-6)
+    assert "quickstart" in first["summary"]["table"]
+
+
+# ------------------------------------------------------------------ a failing class and a missing dataset
+
+
+@pytest.fixture(scope="module")
+def failing_run(prefect_api, data_home, store_root, tmp_path_factory):
+    """A suite of two quickstart classes, the second of which cannot train, and one dataset with no root."""
+    from flows import reproduce
+
+    suite = Suite(
+        "two-classes",
+        "brick trains; grass fails (sigma=1e30 -> NaN loss); mvtec_ad has no root",
+        (
+            SMOKE,
+            SuiteEntry(
+                dataset="quickstart",
+                categories=("grass",),
+                backbone=SMOKE.backbone,
+                image_size=SMOKE.image_size,
+                epochs=1,
+                weights="random",
+                sigma=1e30,
+                label="sigma=1e30",
+            ),
+            SuiteEntry(dataset="mvtec_ad", categories=("bottle",)),
+        ),
+    )
+    reports = tmp_path_factory.mktemp("reports-failing")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce, "get_suite", lambda name: suite)
+        state = reproduce.reproduce_all(
+            suite="two-classes", reports=str(reports), store=str(store_root), return_state=True
+        )
+    return state, ReportStore(str(reports))
+
+
+def test_failed_class_fails_the_flow_naming_it(failing_run):
+    from flows.reproduce import SuiteFailed
+
+    state, _ = failing_run
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, SuiteFailed)
+    message = str(error)
+    assert "2 failure(s)" in message
+    assert "class task grass seed=0 sigma=1e30" in message
+    assert "TrainingError" in message and "non-finite loss" in message
+    assert "brick" not in message  # the good class is not named as a failure
+
+
+def test_good_class_rows_and_failed_row_are_in_the_reports(failing_run):
+    _, reports = failing_run
+    [run_id] = reports.run_ids()
+    frame = reports.read_metrics(run_id=run_id)
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok["class_name"]) == {"brick"}
+    assert {"image_auroc", "pixel_auroc", "aupro"} <= set(ok["metric"])
+    assert ok["value"].notna().all()
+    failed = frame[frame["status"] == "failed"]
+    assert list(failed["class_name"]) == ["grass"]
+    assert failed["value"].isna().all()
+    assert "non-finite loss" in failed["error"].iloc[0]
+    assert failed["sigma"].iloc[0] == pytest.approx(1e30)
+
+
+def test_missing_dataset_is_named_with_how_to_get_it(failing_run):
+    state, reports = failing_run
+    message = str(state.result(raise_on_failure=False))
+    assert "dataset mvtec_ad: no root set" in message
+    assert HOW_TO_GET["mvtec_ad"] in message
+    # the rest of the suite ran: quickstart rows, none of mvtec_ad
+    frame = reports.read_metrics()
+    assert set(frame["dataset"]) == {"quickstart"}
+
+
+# ------------------------------------------------------------------ an existing Dask cluster
+
+
+def test_existing_cluster_from_environment(prefect_api, data_home, store_root, tmp_path, monkeypatch):
+    """DASK_SCHEDULER_ADDRESS names a running cluster: the class task runs there, no LocalCluster is made."""
+    from distributed import LocalCluster
+
+    from flows.reproduce import reproduce_all
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,  # a worker thread of this process: no second torch import to wait for
+        protocol="tcp",  # but a real TCP address, as a remote scheduler has
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+        summary = reproduce_all(suite="smoke", reports=str(tmp_path / "reports"), store=str(store_root))
+        ran_here = set(cluster.scheduler.task_prefixes)
+    assert any("train" in prefix for prefix in ran_here), ran_here
+    frame = ReportStore(str(tmp_path / "reports")).read_metrics(
+        run_id=summary["run_id"], metric="image_auroc"
+    )
+    assert set(frame["class_name"]) == {"brick"} and frame["value"].notna().all()
