@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,20 @@ from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
 from tests.fixtures.datasets import make_mvtec
 
 SPEC = BackboneSpec(weights="random", image_size=28)
+FLOW_TESTS_ENV = "GENERALAD_FLOW_TESTS"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The flow tests (a Prefect server, a Dask worker, two suite runs: about 1.5-2.5 minutes on 2 busy cores)
+    run only when asked: `GENERALAD_FLOW_TESTS=1`, or a `-m` expression naming `slow`."""
+    if os.environ.get(FLOW_TESTS_ENV) == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason=f"flow tests run with {FLOW_TESTS_ENV}=1 or -m slow (about 2 minutes)")
+    for item in items:
+        if "reliability_flow_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
 SHARD = 2  # 8 images -> 4 shards
 
 
@@ -72,3 +87,23 @@ def published(root: Path | str) -> list[Path]:
 
 def write_json(path: str | Path, payload: dict) -> None:
     Path(path).write_text(json.dumps(payload))
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a listening TCP socket on `port` (IPv4 and IPv6), from /proc/net/tcp*."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            if width == 8:
+                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+            else:
+                found.add("::" if int(address, 16) == 0 else address)
+    return found

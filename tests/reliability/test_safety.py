@@ -25,7 +25,7 @@ from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
 from storage.train_job import resolve_preset
 from tests.fixtures.datasets import make_aircraft, make_cars, make_mvtec
-from tests.reliability.conftest import SPEC, extract, published
+from tests.reliability.conftest import SPEC, extract, listening_addresses, published
 
 
 class _OpensAFile:
@@ -135,26 +135,6 @@ def test_the_dask_cluster_of_a_flow_listens_on_loopback_only() -> None:
         ports = [urlsplit(cluster.scheduler_address).port, urlsplit(cluster.dashboard_link).port]
         for port in ports:
             assert listening_addresses(port) == {"127.0.0.1"}, port
-
-
-def listening_addresses(port: int) -> set[str]:
-    """The local addresses with a listening TCP socket on `port` (IPv4 and IPv6), from /proc/net/tcp*."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state != "0A" or int(hex_port, 16) != port:
-                continue
-            if width == 8:
-                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
-            else:
-                found.add("::" if int(address, 16) == 0 else address)
-    return found
 
 
 SECRETS = {
