@@ -5,7 +5,10 @@ Measured in one process, same model (random-initialised ViT-S/14 DINOv2, explici
 1. **Extraction efficiency** = images/s of the full extraction path (`storage.extraction.extract_features` on a
    real image folder: decode, LANCZOS resize, normalise, masks, forward, attention capture, Zarr write, verify,
    COMPLETE marker) / images/s of a bare timm ``forward_features`` on the same images pre-decoded to tensors.
-   The two are interleaved (A B B A). Target >= 0.90.
+   The two are interleaved (A B B A) and compared per round. The verdict uses the steady state: the extraction's
+   wall time less its per-call fixed costs (building the model, creating the store; timed by wrapping what
+   `extract_features` calls), which a real dataset of hundreds to 60,000 images amortises; the end-to-end ratio
+   is printed too, with a split of where extraction's time goes. Target >= 0.90.
 2. **Decode share**: single-thread milliseconds per image to decode the file and to resize/normalise it (plus the
    mask, for anomalous industrial images), against the bare forward's milliseconds per image. On 2 cores the
    decoding thread competes with the two torch threads, so extraction cannot beat ``1 - decode share`` by much.

@@ -27,8 +27,12 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import torch
 from common import base_parser, check, finish, interleaved, loadavg, median, paired_ratios, print_table
@@ -81,12 +85,27 @@ def step_flops(
     return {"forward_linear": linear, "forward_attention": attention, "forward": forward, "step": 3 * forward}
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (C++ log lines), Python's sys.stderr included."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def profile_split(step, device: torch.device) -> dict[str, float]:
     """Self time of one call of ``step`` by kind of operator (fractions of the total self time)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with _quiet_stderr(), profile(activities=activities) as prof:  # kineto logs start/stop lines on fd 2
         step()
     totals: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():

@@ -1,0 +1,156 @@
+"""Run every benchmark and print one summary table: question, measured ratio, target, holds?
+
+    make bench-quick    .venv/bin/python bench/run_all.py --quick   (about 2 minutes on 2 idle cores)
+    make bench          .venv/bin/python bench/run_all.py           (about 15 minutes on 2 idle cores)
+
+The benchmarks run one after the other in this process (one `import torch` instead of seven; the memory and
+Dask benchmarks start their own child processes). Each prints its own table and writes
+``bench/results/<name>.json``; this script adds ``bench/results/summary.json`` with every summary row, the wall
+time of each benchmark and the load average sampled every 2 s while it ran. A benchmark that fails is reported
+and the others still run; the exit code is then 1. A target that does not hold is a finding, not a failure.
+
+| script | question |
+|---|---|
+| extraction.py | 1 extraction efficiency, decode share, attention-capture overhead; 2 backbone utilisation |
+| suite_payoff.py | 3 the cache's payoff on a mini-suite (executed, and extrapolated to real proportions) |
+| train_step.py | 4 discriminator step vs the FLOP bound; batched vs per-view forward |
+| store_io.py | 5 store write/read MB/s vs plain file I/O; bytes per image |
+| memory.py | 6 peak RSS on a store of 1x vs 8x the images |
+| dask_classes.py | 7 per-class throughput with 1 and 2 Dask workers |
+| gpu.py | 8 GPU: extraction in fp32/fp16/bf16, discriminator training, end-to-end inference (skips without CUDA) |
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+SCRIPTS = ("extraction", "suite_payoff", "train_step", "store_io", "memory", "dask_classes", "gpu")
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``period`` seconds in a daemon thread."""
+
+    def __init__(self, period: float = 2.0):
+        self.period, self.samples = period, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="load-sampler")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mark(self) -> int:
+        return len(self.samples)
+
+    def stats(self, since: int = 0) -> dict[str, float]:
+        part = self.samples[since:] or self.samples[-1:]
+        return {"min": min(part), "median": statistics.median(part), "max": max(part)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=None, help="run only these benchmarks")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
+    args = parser.parse_args(argv)
+
+    import common
+
+    mode = "quick" if args.quick else "full"
+    names = args.only or SCRIPTS
+    extra = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    print(
+        f"GeneralAD benchmarks ({mode}): {', '.join(names)}; cpu {common.cpu_model()}, {os.cpu_count()} cores; "
+        f"load {common.loadavg()}"
+    )
+    with LoadSampler() as sampler:
+        for i, name in enumerate(names, 1):
+            mark = sampler.mark()
+            print(
+                f"\n{'=' * 30} [{i}/{len(names)}] {name} ({mode}), load {common.loadavg()} {'=' * 30}",
+                flush=True,
+            )
+            begin = time.perf_counter()
+            entry: dict = {}
+            try:
+                module = importlib.import_module(name)
+                result = module.main(extra)
+                entry = {"ok": True, "summary": result.get("summary", [])}
+            except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
+                traceback.print_exc()
+                entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "summary": []}
+            entry |= {"seconds": time.perf_counter() - begin, "load": sampler.stats(mark)}
+            results[name] = entry
+            gc.collect()
+        load = sampler.stats()
+
+    rows = [row for entry in results.values() for row in entry["summary"]]
+    print(f"\n{'=' * 30} summary ({mode}) {'=' * 30}")
+    common.print_table(
+        ["question", "metric", "measured", "target", "holds?", "note"],
+        [
+            [
+                r["question"],
+                r["metric"],
+                r["shown"],
+                (r["target"] + (" *" if r.get("target_source") == "bench" else "")) if r["target"] else "—",
+                {True: "yes", False: "NO", None: "n/a"}[r["holds"]],
+                r.get("note", ""),
+            ]
+            for r in rows
+        ],
+    )
+    failed = [n for n, e in results.items() if not e["ok"]]
+    for name in failed:
+        print(f"FAILED: {name}: {results[name]['error']}")
+    print("* target set by the benchmark (the issue gives none); targets without * come from the issue")
+    print_times = ", ".join(
+        f"{n} {e['seconds']:.0f} s (load {e['load']['median']:.1f})" for n, e in results.items()
+    )
+    total = time.perf_counter() - started
+    print(f"wall {total:.0f} s: {print_times}")
+    print(
+        f"load average (1 min) during the run: min {load['min']:.2f}, median {load['median']:.2f}, "
+        f"max {load['max']:.2f} on {os.cpu_count()} cores"
+    )
+
+    summary = {
+        "mode": mode,
+        "seconds": total,
+        "loadavg_during": load,
+        "machine": common.machine(),
+        "benchmarks": results,
+        "rows": rows,
+    }
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = common.RESULTS_DIR / "summary.json"
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"wrote {out.relative_to(common.ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
