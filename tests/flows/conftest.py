@@ -20,16 +20,23 @@ from flows.suites import CONFIG_ENV, DATA_ENV_PREFIX
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory) -> Iterator[str]:
-    """A Prefect server on 127.0.0.1 for the whole session; yields its API URL and stops it at the end."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """A Prefect server on 127.0.0.1 for the whole session; yields its API URL and stops it at the end.
+
+    Results Prefect persists (the exception of a failed flow) go to the session's folder, not ~/.prefect."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-server")
+    results = home / "results"
     with local_prefect_server(home, log=home / "server.log") as api_url:
         with pytest.MonkeyPatch.context() as patch:
             for key, value in OFFLINE_ENV.items():
                 patch.setenv(key, value)
-            patch.setenv("PREFECT_API_URL", api_url)  # for processes started from here (Dask workers, CLI)
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):  # for this process
+            # for processes started from here (Dask workers, the CLI, a worker's flow runs)
+            patch.setenv("PREFECT_API_URL", api_url)
+            patch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(results))
+            with temporary_settings(  # for this process
+                updates={PREFECT_API_URL: api_url, PREFECT_LOCAL_STORAGE_PATH: results}
+            ):
                 try:
                     yield api_url
                 finally:
