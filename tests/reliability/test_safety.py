@@ -1,6 +1,6 @@
 """Safety: no pickled code runs when weights or models load, names and listed paths cannot leave the dataset root,
-the Dask dashboard binds to 127.0.0.1, and reports carry no secrets. (The Prefect server's binding is checked where a
-server runs anyway: test_determinism.py.)"""
+the Prefect server and the Dask cluster bind to 127.0.0.1, and reports carry no secrets. (A real Prefect server's
+listening socket is checked by the opt-in flow tests in test_determinism.py.)"""
 
 from __future__ import annotations
 
@@ -135,6 +135,35 @@ def test_the_dask_cluster_of_a_flow_listens_on_loopback_only() -> None:
         ports = [urlsplit(cluster.scheduler_address).port, urlsplit(cluster.dashboard_link).port]
         for port in ports:
             assert listening_addresses(port) == {"127.0.0.1"}, port
+
+
+def test_the_local_prefect_server_is_started_on_loopback(monkeypatch) -> None:
+    """What `local_prefect_server` asks `prefect server start` for (the socket itself is checked by the flow tests
+    in test_determinism.py, which start a real server)."""
+    import flows.runtime
+
+    started: list[list[str]] = []
+
+    class NotStarted:
+        pid = -1
+        returncode = 1
+
+        def __init__(self, args, **kwargs) -> None:
+            started.append(list(args))
+
+        def poll(self) -> int:
+            return 1
+
+        def wait(self, timeout=None) -> int:
+            return 1
+
+    monkeypatch.setattr(flows.runtime.subprocess, "Popen", NotStarted)
+    monkeypatch.setattr(flows.runtime.os, "killpg", lambda pid, sig: None)
+    with pytest.raises(RuntimeError, match="exited"), flows.runtime.local_prefect_server():
+        pass
+    (args,) = started
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert "--port" in args
 
 
 SECRETS = {
