@@ -8,6 +8,9 @@ Layout (hive partitions, one file per run and partition, never shared between ru
 The partition columns live in the directory names only. Guarantees:
 - no half-written file is ever visible: each file is written under a hidden temporary name
   (`.<basename>.tmp`, skipped by pyarrow's discovery and by `*.parquet` globs) and then moved into place;
+- a run appears (almost) at once: every file of a `write_run` is encoded first, then all are moved into place, so
+  a writer killed while encoding leaves nothing visible (only a kill during the renames leaves part of a run, and
+  one during the deletion of a rerun's older files leaves both versions; `bench/faults.py` measures this);
 - writers of different run ids never touch the same file (unique basenames, no read-modify-write), so concurrent
   runs lose no rows;
 - `write_run` of a run id that is already stored first writes all its new files, then deletes that run's older
