@@ -105,7 +105,8 @@ def test_changing_an_input_of_the_key_never_hits_the_old_store(
     shutil.copytree(data_root, data)  # changes to the data stay in this test's copy
     adapter = get_dataset("mvtec_ad", data, "bottle")
     base_again, base = plan_store(adapter, SPEC, str(store_root))
-    assert base_again == base_url  # the copy of the data has the same key: the key is a function of the inputs
+    # the copy of the data has the same key: the key is a function of the inputs, not of where they lie
+    assert base_again == base_url
 
     spec, dtype = CHANGES[name](monkeypatch, data, tmp_path)
     url, changed = plan_store(adapter, spec, str(store_root), dtype=dtype)
