@@ -109,7 +109,11 @@ def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[Discrimin
         raise ModelFileError(f"{directory / MODEL_CONFIG} does not describe a {_FORMAT}")
     model = Discriminator.from_config(config["discriminator"])
     try:
-        model.load_state_dict(load_file(str(directory / MODEL_WEIGHTS), device=device), strict=True)
+        state = load_file(str(directory / MODEL_WEIGHTS), device=device)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a corrupt file
+        raise ModelFileError(f"{directory / MODEL_WEIGHTS} is not a readable safetensors file: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(
             f"{directory / MODEL_WEIGHTS} does not fit {config['discriminator']}: {exc}"

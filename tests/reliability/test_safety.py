@@ -77,11 +77,6 @@ def test_a_pickle_in_place_of_the_model_weights_runs_no_code(tmp_path) -> None:
     assert not sentinel.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model_io.load_model lets safetensors' SafetensorError escape instead of a ModelFileError naming the "
-    "file (model_io.py is outside this module's owner's files; reported)",
-)
 def test_unreadable_model_weights_are_a_model_file_error_naming_the_file(tmp_path) -> None:
     folder = save_model(Discriminator(4, 8, num_heads=2, mlp_dim=16), tmp_path / "model")
     (folder / MODEL_WEIGHTS).write_bytes(b"not a safetensors file")
