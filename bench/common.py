@@ -107,10 +107,19 @@ def median(values: Sequence[float]) -> float:
 
 
 def interleaved(
-    variants: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 0
+    variants: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Wall seconds of each variant, run in alternating order (A B C, C B A, A B C ...) so drift in the machine's
-    load hits every variant alike. ``warmup`` untimed calls of each variant come first."""
+    """Seconds of each variant, run in alternating order (A B C, C B A, A B C ...) so drift in the machine's
+    load hits every variant alike. ``warmup`` untimed calls of each variant come first.
+
+    ``clock`` is wall time by default; ``time.thread_time`` measures the CPU seconds of the calling thread, which
+    on a shared, oversubscribed machine is far steadier than wall time for single-threaded work (torch with one
+    thread computes on the calling thread), at the price of not seeing waits.
+    """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
@@ -118,9 +127,9 @@ def interleaved(
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
-            start = time.perf_counter()
+            start = clock()
             variants[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             "6 memory",
             "peak-RSS growth 1x -> 8x / growth of the features (fp32)",
             retained,
-            0.10,
+            0.25,  # streaming keeps ~0 (allocator noise ~10 MB), loading >= 1: 0.25 separates them
             "<=",
             source="bench",
             fmt="{:.3f}",

@@ -27,6 +27,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -68,6 +69,12 @@ class LoadSampler:
         return {"min": min(part), "median": statistics.median(part), "max": max(part)}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children (memory, Dask workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n{'=' * 30} [{i}/{len(names)}] {name} ({mode}), load {common.loadavg()} {'=' * 30}",
                 flush=True,
             )
-            begin = time.perf_counter()
+            begin, cpu_begin = time.perf_counter(), _cpu_seconds()
             entry: dict = {}
             try:
                 module = importlib.import_module(name)
@@ -102,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
                 traceback.print_exc()
                 entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "summary": []}
-            entry |= {"seconds": time.perf_counter() - begin, "load": sampler.stats(mark)}
+            entry |= {
+                "seconds": time.perf_counter() - begin,
+                "cpu_seconds": _cpu_seconds() - cpu_begin,
+                "load": sampler.stats(mark),
+            }
             results[name] = entry
             gc.collect()
         load = sampler.stats()
@@ -128,10 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {name}: {results[name]['error']}")
     print("* target set by the benchmark (the issue gives none); targets without * come from the issue")
     print_times = ", ".join(
-        f"{n} {e['seconds']:.0f} s (load {e['load']['median']:.1f})" for n, e in results.items()
+        f"{n} {e['seconds']:.0f} s / {e['cpu_seconds']:.0f} CPU s (load {e['load']['median']:.1f})"
+        for n, e in results.items()
     )
     total = time.perf_counter() - started
-    print(f"wall {total:.0f} s: {print_times}")
+    cpu = sum(e["cpu_seconds"] for e in results.values())
+    print(
+        f"wall {total:.0f} s, {cpu:.0f} CPU s ({cpu / (os.cpu_count() or 1):.0f} s if every core were ours): "
+        f"{print_times}"
+    )
     print(
         f"load average (1 min) during the run: min {load['min']:.2f}, median {load['median']:.2f}, "
         f"max {load['max']:.2f} on {os.cpu_count()} cores"
@@ -140,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "mode": mode,
         "seconds": total,
+        "cpu_seconds": cpu,
         "loadavg_during": load,
         "machine": common.machine(),
         "benchmarks": results,
