@@ -16,7 +16,7 @@ Measured in one process, same model (random-initialised ViT-S/14 DINOv2, explici
    from the block's qkv projection) against ``model.forward_intermediates`` alone (no hook), same arguments; and
    a bench-local alternative that gives the same values without the extra projection: a forward hook on
    ``attn.qkv`` that reuses the output the block computes anyway. Measured with ONE torch thread in CPU seconds
-   of the calling thread (``time.thread_time``), interleaved, best of 7 rounds (interference only adds time): a
+   of the calling thread (``time.thread_time``), interleaved, best of 5 (quick) or 7 rounds (interference only adds time): a
    1-3 % effect is lost in wall-time noise on a shared 2-core machine. Target <= 3 %.
 4. **Backbone utilisation** (question 2): FLOPs of one image (``FlopCounterMode`` for the linear layers and the
    patch embedding, plus the attention matmuls ``4 T^2 D`` per block counted analytically, since the counter does
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--rounds", type=int, default=2, help="interleaved rounds of bare forward / extraction"
     )
     parser.add_argument(
-        "--hook-rounds", type=int, default=7, help="interleaved rounds of the capture variants"
+        "--hook-rounds", type=int, default=None, help="interleaved rounds of the capture variants (5 / 7)"
     )
     parser.add_argument("--hook-batch", type=int, default=None, help="batch of the capture variants (2 / 1)")
     args = parser.parse_args(argv)
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = args.image_size or (224 if args.quick else 518)
     n_images = args.images or (16 if args.quick else 24)
     hook_batch = args.hook_batch or (2 if args.quick else 1)
+    args.hook_rounds = args.hook_rounds or (5 if args.quick else 7)
     torch.set_num_threads(args.threads)
     load_start = loadavg()
 

@@ -79,6 +79,77 @@ def read_plain(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def data_mb(store_bytes: int, images: int, shard: int) -> float:
+    return store_bytes / images * shard / 1e6
+
+
+def take_runs(array, index: np.ndarray) -> np.ndarray:
+    """Proposed replacement for `storage.feature_store._take` on unordered rows: sort, read each run of
+    consecutive rows with a plain slice, put the rows back in the asked order (same result, see ``shard_split``)."""
+    order = np.argsort(index, kind="stable")
+    rows = index[order]
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    parts = [array[int(run[0]) : int(run[-1]) + 1] for run in np.split(rows, breaks)]
+    data = np.concatenate(parts)
+    out = np.empty_like(data)
+    out[order] = data
+    return out
+
+
+def shard_split(store, store_dir: Path, rng: np.random.Generator, repeats: int = 3) -> dict[str, float]:
+    """Warm milliseconds of the pieces of writing and reading one shard of tokens (best of ``repeats``), and of
+    reading 16 random rows the current way (`get_orthogonal_selection`) and the proposed way (runs of slices)."""
+    import hashlib
+
+    import zarr
+
+    from storage import urls
+    from storage.feature_store import _take, shard_checksum
+
+    tokens = store._tokens
+    lo, hi = store.layout.shard_rows(0)
+    data = tokens[lo:hi]
+    shard_file = max(
+        (p for p in (store_dir / "tokens").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    rows = np.sort(rng.choice(store.num_images, size=min(16, store.num_images), replace=False))
+    scratch = store_dir.parent / "scratch-write.bin"
+
+    def best(fn) -> float:
+        values = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            values.append(time.perf_counter() - start)
+        return 1e3 * min(values)
+
+    def write_raw() -> None:
+        with open(scratch, "wb") as handle:
+            handle.write(memoryview(data).cast("B"))
+
+    assert np.array_equal(take_runs(tokens, rows), _take(tokens, rows))
+    writable = zarr.open_array(str(store_dir / "tokens"), mode="r+")
+    marker = str(store_dir.parent / "scratch-marker.json")
+
+    def write_zarr() -> None:
+        writable[lo:hi] = data  # the same bytes again
+
+    return {
+        "checksum, blake2b of a copy (current)": best(lambda: shard_checksum(data)),
+        "checksum, sha256 of a memoryview (proposed)": best(
+            lambda: hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+        ),
+        "write: zarr slice of the shard (tokens)": best(write_zarr),
+        "write: shard marker (atomic, fsync)": best(lambda: urls.write_bytes_atomic(marker, b"{}")),
+        "write: plain file of the same bytes (page cache)": best(write_raw),
+        "read: raw shard file (page cache)": best(lambda: shard_file.read_bytes()),
+        "read: zarr slice of the shard": best(lambda: tokens[lo:hi]),
+        "read: fp16 -> fp32 cast": best(lambda: data.astype(np.float32)),
+        "16 random rows: orthogonal selection (current _take)": best(lambda: _take(tokens, rows)),
+        "16 random rows: runs of slices (proposed)": best(lambda: take_runs(tokens, rows)),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__)
     parser.add_argument("--images", type=int, default=None, help="images in the store (96 quick, 256 full)")
@@ -159,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         # warm read of the plain file, for scale (page cache, no disk)
         read_plain(plain)
         warm_plain = read_plain(plain)
+        parts = shard_split(store, store_dir, rng)
 
     mb = payload_bytes[0] / 1e6
     rates = {k: [mb / t for t in v] for k, v in times.items()}
@@ -198,6 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"bytes per image {per_image:,.0f} vs N x E x 2 = {ideal:,} ({per_image / ideal:.3f}x; cls_attn adds "
         f"H x N x 2 = {heads * grid * grid * 2:,}), {len(store_files)} files"
+    )
+    print_table(
+        ["piece (warm; one shard of 32 images unless said)", "ms"],
+        [[k, v] for k, v in parts.items()],
+        title=f"\nwhere the time goes ({data_mb(store_bytes, n, 32):.1f} MB per shard)",
     )
     summary = [
         check(
@@ -249,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bytes_per_image": per_image,
         "ideal_bytes_per_image": ideal,
         "store_files": len(store_files),
+        "shard_split_ms": parts,
         "summary": summary,
     }
     return finish(NAME, args, payload, started)

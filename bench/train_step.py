@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median reported)")
     parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps per variant (1 quick, 0 full)"
+        "--warmup", type=int, default=0, help="untimed steps per variant (the profiled step warms up)"
     )
     parser.add_argument("--profile-batch", type=int, default=None, help="batch of the profiled step (16 / 4)")
     parser.add_argument("--device", default="cpu")
