@@ -29,7 +29,7 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from flows.extract import extract_store
-from flows.runtime import plan_dask
+from flows.runtime import api_for_subprocesses, plan_dask
 from flows.suites import Suite, SuiteEntry, dataset_roots, get_suite, missing_datasets
 from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
 from generalad.backbone import resolve_weights
@@ -282,9 +282,10 @@ def _train_all(
     )
     runner = DaskTaskRunner(**plan.runner_kwargs())
     try:
-        return train_classes.with_options(task_runner=runner)(
-            jobs, run_id, plan.torch_threads, _this_flow_run_id()
-        )
+        with api_for_subprocesses():  # the workers report to this flow's server, never start their own
+            return train_classes.with_options(task_runner=runner)(
+                jobs, run_id, plan.torch_threads, _this_flow_run_id()
+            )
     except Exception as exc:  # noqa: BLE001 - e.g. an unreachable scheduler: every job is named as failed
         error = f"the Dask run failed: {type(exc).__name__}: {exc}"
         return [(job, error) for job in jobs]

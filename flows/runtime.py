@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["local_prefect_server", "ensure_prefect_api", "DaskPlan", "plan_dask", "OFFLINE_ENV"]
+__all__ = [
+    "local_prefect_server",
+    "ensure_prefect_api",
+    "api_for_subprocesses",
+    "DaskPlan",
+    "plan_dask",
+    "OFFLINE_ENV",
+]
 
 # No telemetry, ever (DESIGN.md: the temporary server tries to send analytics unless told not to).
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -114,6 +121,29 @@ def ensure_prefect_api() -> Iterator[str | None]:
             yield api_url
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def api_for_subprocesses() -> Iterator[str]:
+    """Within a flow: make sure processes started in the block (Dask workers) report to this flow's Prefect API.
+
+    They inherit os.environ. When PREFECT_API_URL is not in it (Prefect's temporary server, started by the
+    flow's own client), each Dask worker would start a temporary server of its own (DESIGN.md: the cold start
+    doubles); so the block exports the URL the flow's client talks to, and removes it again afterwards.
+    """
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        yield configured
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url).rstrip("/")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        yield api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,51 @@ def test_local_cluster_binds_to_loopback(monkeypatch):
         assert workers and all(w.hostname == "127.0.0.1" for w in workers)
         assert _listening_hosts(scheduler.port) == {"127.0.0.1"}
         assert _listening_hosts(dashboard.port) == {"127.0.0.1"}
+
+
+_PROBE = """
+import json, os, urllib.request
+from distributed import Client, LocalCluster
+from prefect import flow
+from flows.runtime import api_for_subprocesses
+
+@flow(name="api-probe")
+def probe():
+    before = os.environ.get("PREFECT_API_URL")
+    with api_for_subprocesses() as url:
+        healthy = urllib.request.urlopen(url + "/health", timeout=5).status == 200
+        with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as c:
+            with Client(c) as client:
+                seen = list(client.run(lambda: os.environ.get("PREFECT_API_URL")).values())
+    return {"before": before, "url": url, "healthy": healthy, "worker": seen,
+            "after": os.environ.get("PREFECT_API_URL")}
+
+print("RESULT", json.dumps(probe()))
+"""
+
+
+@pytest.mark.slow
+def test_dask_workers_share_the_temporary_server(tmp_path):
+    """With no PREFECT_API_URL (Prefect's temporary server), a Dask worker started inside the block is given
+    the flow's own server instead of starting one of its own; the variable is gone again afterwards."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 20 s by default: too short on 2 busy cores
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["before"] is None and result["after"] is None
+    assert urllib.parse.urlsplit(result["url"]).hostname == "127.0.0.1"
+    assert result["healthy"]
+    assert result["worker"] == [result["url"]]
