@@ -3,10 +3,16 @@ views in ONE batched forward against one forward per view.
 
 Measured in one process, interleaved (A B C, C B A, ...): the training step (views + forward + loss + backward +
 AdamW, `generalad.training.training_step`) batched and per view, and a float32 matmul of 2048^3 (the machine's
-rate in that round). Reported per round, then the median: the step's analytic FLOPs / step time / matmul FLOP/s
-(the fraction of the matmul bound the step reaches; 1.0 = as fast as a plain matmul), and per-view time /
-batched time (> 1: batching pays). A ``torch.profiler`` run of one batched step splits its time by kind of
-operator, which says what limits it.
+rate). Reported: the step's analytic FLOPs / step time / matmul FLOP/s (the fraction of the matmul bound the
+step reaches; 1.0 = as fast as a plain matmul), and per-view time / batched time (> 1: batching pays). A
+``torch.profiler`` run of one batched step (first, doubling as the warm-up) splits its time by kind of operator,
+which says what limits it.
+
+Clock: on the CPU, by default ONE torch thread and the CPU seconds of the calling thread (``time.thread_time``;
+the forward, the autograd backward and AdamW all run on it), best of the rounds: on a shared, oversubscribed
+2-core machine, wall times of 2-thread steps swing by tens of percent from round to round, CPU time of a
+1-thread step by a few. ``--clock wall`` times ``--threads`` threads in wall time (median of paired rounds); on a
+GPU it is the only choice.
 
 FLOP count (multiply-add = 2 FLOPs; Bv = batch x views sequences of N tokens, width E, MLP width M, blocks L)::
 
@@ -121,18 +127,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--embed-dim", type=int, default=384)
     parser.add_argument("--num-patches", type=int, default=None, help="default 256 quick, 1369 full")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3 quick, 2 full)")
     parser.add_argument(
         "--warmup", type=int, default=0, help="untimed steps per variant (the profiled step warms up)"
     )
     parser.add_argument("--profile-batch", type=int, default=None, help="batch of the profiled step (16 / 4)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default=None, help="cpu (1 thread; CPU default) or wall"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     num_patches = args.num_patches or (256 if args.quick else 1369)
     warmup = args.warmup
     profile_batch = args.profile_batch or (16 if args.quick else 4)
-    torch.set_num_threads(args.threads)
+    clock_name = args.clock or ("cpu" if args.device == "cpu" else "wall")
+    threads = 1 if clock_name == "cpu" else args.threads
+    rounds = args.rounds or (3 if args.quick else 2)
+    torch.set_num_threads(threads)
     load_start = loadavg()
 
     from generalad.presets import preset_for
@@ -172,9 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
     split = profile_split(make_step(True, profile_batch), device)
     times = interleaved(
         {"batched": make_step(True), "per_view": make_step(False), "matmul": matmul},
-        rounds=args.rounds,
+        rounds=rounds,
         warmup=warmup,
+        clock=time.thread_time if clock_name == "cpu" else time.perf_counter,
     )
+    if clock_name == "cpu":  # interference only adds CPU time: keep the best round of each variant
+        times = {name: [min(values)] for name, values in times.items()}
 
     views = len(preset.views)
     flops = step_flops(
@@ -194,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(
         f"\ntrain step, E={args.embed_dim} N={num_patches} batch={args.batch} x {views} views, "
-        f"{args.threads} thread(s), {device}; load at start {load_start}"
+        f"{threads} thread(s), {device}, {clock_name} clock ({'best' if clock_name == 'cpu' else 'median'} of "
+        f"{rounds} rounds); load at start {load_start}"
     )
     print(
         f"FLOPs/step (analytic): {flops['step'] / 1e12:.3f} T (forward linear {flops['forward_linear'] / 1e9:.1f} G, "
@@ -202,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{median(matmul_rates) / 1e9:.1f} GFLOP/s (median of rounds)"
     )
     print_table(
-        ["variant", "median s/step", "rounds (s)", "FLOP bound s", "fraction of matmul"],
+        ["variant", "s/step", "rounds (s)", "FLOP bound s", "fraction of matmul"],
         [
             [
                 name,
@@ -249,7 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
             "views": list(preset.views),
             "mlp_dim": preset.mlp_dim,
             "disc_heads": preset.num_heads,
-            "rounds": args.rounds,
+            "rounds": rounds,
+            "clock": clock_name,
+            "threads": threads,
             "warmup": warmup,
             "device": str(device),
             "matmul": MATMUL,
