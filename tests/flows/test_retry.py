@@ -7,9 +7,11 @@ that fails, so no feature store or training is needed.
 
 from __future__ import annotations
 
+import errno
 import types
 
 import pytest
+from PIL import UnidentifiedImageError
 
 from flows import train as train_module
 from flows.retry import is_transient
@@ -20,8 +22,15 @@ from generalad.presets import preset_for
 
 @pytest.mark.parametrize(
     "exc",
-    [OSError(5, "Input/output error"), ConnectionResetError("peer reset"), TimeoutError("read timed out")],
-    ids=["OSError", "ConnectionResetError", "TimeoutError"],
+    [
+        OSError(errno.EIO, "Input/output error"),
+        OSError(errno.ESTALE, "Stale file handle"),
+        OSError("remote request failed"),  # no errno: what remote file system clients raise
+        ConnectionResetError("peer reset"),
+        ConnectionRefusedError("refused"),
+        TimeoutError("read timed out"),
+    ],
+    ids=lambda e: f"{type(e).__name__}-{e.errno}",
 )
 def test_transient_errors(exc):
     assert is_transient(exc)
@@ -34,7 +43,10 @@ def test_transient_errors(exc):
         StoreError("no feature store at x"),
         ConfigError("bad sigma"),
         FileNotFoundError("x.zarr"),
+        FileExistsError(errno.EEXIST, "x.zarr"),
         PermissionError("x.zarr"),
+        UnidentifiedImageError("cannot identify image file"),
+        OSError(errno.ENOSPC, "No space left on device"),
         ValueError("shape"),
         RuntimeError("boom"),
     ],
