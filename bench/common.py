@@ -32,6 +32,8 @@ __all__ = [
     "machine",
     "median",
     "interleaved",
+    "peak_rss_mb",
+    "reset_peak_rss",
     "paired_ratios",
     "matmul_flops_per_second",
     "check",
@@ -99,6 +101,26 @@ def machine() -> dict[str, Any]:
         if module is not None:
             info[name] = getattr(module, "__version__", None)
     return info
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM) in MB, or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------------------------- timing

@@ -41,7 +41,18 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
-from common import base_parser, check, finish, interleaved, loadavg, median, paired_ratios, print_table
+from common import (
+    base_parser,
+    check,
+    finish,
+    interleaved,
+    loadavg,
+    median,
+    paired_ratios,
+    peak_rss_mb,
+    print_table,
+    reset_peak_rss,
+)
 
 NAME = "train_step"
 MATMUL = 2048
@@ -158,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = torch.randn(args.batch, num_patches, args.embed_dim, device=device)
     attn = torch.rand(args.batch, heads, num_patches, device=device)
 
-    def make_step(batched: bool, batch: int = args.batch):
+    peaks: dict[str, list[float]] = {"batched": [], "per_view": []}
+
+    def make_step(batched: bool, batch: int = args.batch, record: bool = False):
         torch.manual_seed(0)
         model = build_discriminator(num_patches, args.embed_dim, preset).to(device).train()
         optimizer, _ = make_optimizer(model, preset, epochs=1)
@@ -166,10 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         feats, maps = tokens[:batch], attn[:batch]
 
         def step() -> None:
+            base = peak_rss_mb() if record and reset_peak_rss() else None
             training_step(
                 model, optimizer, feats, maps, views=preset.views, generator=generator, batched=batched
             )
             sync()
+            if base is not None:  # growth of the peak over the RSS before the step
+                peaks["batched" if batched else "per_view"].append(peak_rss_mb() - base)
 
         return step
 
@@ -183,7 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
     # the profiled step comes first and doubles as a warm-up (first-call kernel selection, allocator)
     split = profile_split(make_step(True, profile_batch), device)
     times = interleaved(
-        {"batched": make_step(True), "per_view": make_step(False), "matmul": matmul},
+        {
+            "batched": make_step(True, record=True),
+            "per_view": make_step(False, record=True),
+            "matmul": matmul,
+        },
         rounds=rounds,
         warmup=warmup,
         clock=time.thread_time if clock_name == "cpu" else time.perf_counter,
@@ -231,6 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     )
     print(f"one batched forward vs one forward per view: {speedup:.3f}x (> 1: batching is faster)")
+    if peaks["batched"] and peaks["per_view"] and device.type == "cpu":
+        print(
+            f"peak memory of a step above the RSS before it (VmHWM, max of rounds): batched "
+            f"{max(peaks['batched']):,.0f} MB, per view {max(peaks['per_view']):,.0f} MB"
+        )
     print_table(
         ["operator kind", "share of self time"],
         [[k, f"{v:.1%}"] for k, v in split.items()],
@@ -257,6 +282,16 @@ def main(argv: list[str] | None = None) -> dict:
             note="> 1 means one batched forward pays",
         ),
     ]
+    if peaks["batched"] and peaks["per_view"] and device.type == "cpu":
+        summary.append(
+            check(
+                "4 train step",
+                "  step peak memory, batched / per view (info)",
+                max(peaks["batched"]) / max(peaks["per_view"]),
+                fmt="{:.2f}",
+                note=f"{max(peaks['batched']):,.0f} vs {max(peaks['per_view']):,.0f} MB above the step's start",
+            )
+        )
     payload = {
         "config": {
             "embed_dim": args.embed_dim,
@@ -279,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fraction_of_matmul": fraction,
         "batched_speedup": speedup,
         "profile_split": split,
+        "step_peak_mb": {k: max(v) if v else None for k, v in peaks.items()},
         "profile_batch": profile_batch,
         "summary": summary,
     }
