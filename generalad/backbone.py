@@ -249,7 +249,7 @@ def load_backbone(spec: BackboneSpec) -> Backbone:
             model = timm.create_model(spec.name, pretrained=False, **kwargs)
         return Backbone(model, spec)
     path = _hub_weights_file(_hub_id(spec.name)) if spec.weights == "hub" else Path(spec.weights)
-    model = timm.create_model(spec.name, pretrained=False, **kwargs)
+    model = timm.create_model(spec.name, pretrained=False, weight_init="skip", **kwargs)  # weights load next
     _load_weights(model, path, spec.arch)
     return Backbone(model, spec)
 
