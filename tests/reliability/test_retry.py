@@ -121,11 +121,6 @@ def test_a_completed_state_is_not_retried() -> None:
     ],
     ids=["file exists", "unidentified image"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="flows/retry.py treats every OSError outside a short list as transient; these deterministic OSError "
-    "subclasses are retried (flows/retry.py is outside this module's owner's files; reported)",
-)
 def test_deterministic_os_errors_are_not_retried(tmp_path, make) -> None:
     exc = _raised(lambda: make(tmp_path))
     assert isinstance(exc, OSError)
