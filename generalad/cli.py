@@ -255,6 +255,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 run_id=args.run_id,
             )
         except SuiteFailed as exc:
+            if exc.summary.get("table"):
+                print(exc.summary["table"])  # the classes that did run
             print(f"error: {exc}", file=sys.stderr)
             print(f"rows of the tasks that ran are in {args.reports}", file=sys.stderr)
             return 1
