@@ -302,12 +302,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _refuse_existing(out: str, overwrite: bool) -> None:
-    from pathlib import Path
+    from generalad.staging import refuse_existing
 
-    from generalad.errors import ConfigError
-
-    if Path(out).exists() and not overwrite:
-        raise ConfigError(f"output folder {out} already exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite)  # checked before any work, not only when writing
 
 
 COMMANDS = {

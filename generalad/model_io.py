@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from generalad.discriminator import Discriminator
 from generalad.errors import ConfigError, GeneralADError
 from generalad.evaluation import Evaluation
 from generalad.experiment import RunResult
+from generalad.staging import staged_dir
 
 __all__ = [
     "MODEL_WEIGHTS",
@@ -111,7 +109,9 @@ def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[Discrimin
     try:
         state = load_file(str(directory / MODEL_WEIGHTS), device=device)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a corrupt file
-        raise ModelFileError(f"{directory / MODEL_WEIGHTS} is not a readable safetensors file: {exc}") from None
+        raise ModelFileError(
+            f"{directory / MODEL_WEIGHTS} is not a readable safetensors file: {exc}"
+        ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -165,23 +165,9 @@ def _extra_columns(extra_columns: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _write_atomically(out_dir: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` on a temporary sibling folder, then rename it to ``out_dir`` (replacing it)."""
-    if out_dir.exists() and not overwrite:
-        raise ConfigError(f"{out_dir} already exists; pass overwrite=True to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_dir(out_dir, overwrite=overwrite) as tmp:
+        tmp.mkdir()
         write(tmp)
-        if out_dir.exists():
-            trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, trash)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
