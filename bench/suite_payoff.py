@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         cifar, cifar_source = cifar_adapter(
             tmp, cifar_classes, n_train=cifar_train, n_test_per_class=cifar_test
         )
-        datasets = {"grid": (grid, ["grid"]), "cifar10": (cifar, list(cifar_classes))}
+        datasets = {"grid": (grid, grid.normal_classes()), "cifar10": (cifar, list(cifar_classes))}
         # order a(grid) b(grid) b(cifar) a(cifar): ours runs first, paying the process's first-call costs
         for i, (name, (adapter, classes)) in enumerate(datasets.items()):
             ways = ("ours", "reference") if i % 2 == 0 else ("reference", "ours")
