@@ -35,7 +35,9 @@ from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
 from generalad.backbone import resolve_weights
 from generalad.datasets import generate_quickstart, get_dataset_class
 from generalad.report_tables import render_table
+from generalad.visualize import markdown_images, sweep_plots
 from storage.feature_store import FeatureStore
+from storage.report_schema import redact
 from storage.reports import ReportStore
 
 __all__ = ["reproduce_all", "train_classes", "new_run_id", "default_data_home", "SuiteFailed"]
@@ -357,5 +359,13 @@ def _publish_artifacts(frame, table_md: str, failures: list[str]) -> None:
         )
     text = f"# GeneralAD results\n\n{table_md}\n"
     if failures:
-        text += "\n## Failures\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
+        text += "\n## Failures\n\n" + "\n".join(f"- {redact(f)}" for f in failures) + "\n"
     create_markdown_artifact(text, key="reproduce-summary", description="reproduce-all summary")
+    plots = sweep_plots(ok)  # paper Fig. 4 style, only when this run swept sigma or K (the fig4 suite)
+    if plots:
+        pictures = {f"image AUROC vs {name}": image for name, image in plots.items()}
+        create_markdown_artifact(
+            markdown_images(pictures, heading="Sigma and K sweeps"),
+            key="fig4-sweeps",
+            description="Fig. 4 sweeps",
+        )
