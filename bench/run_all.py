@@ -18,6 +18,9 @@ and the others still run; the exit code is then 1. A target that does not hold i
 | memory.py | 6 peak RSS on a store of 1x vs 8x the images |
 | dask_classes.py | 7 per-class throughput with 1 and 2 Dask workers |
 | gpu.py | 8 GPU: extraction in fp32/fp16/bf16, discriminator training, end-to-end inference (skips without CUDA) |
+
+``--with-prefect`` also runs ``bench/parallel_classes.py`` (question 7 through the Prefect flows; written and
+owned separately) in a child process and adds its speed-ups to the summary.
 """
 
 from __future__ import annotations
@@ -75,11 +78,44 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def run_prefect_bench() -> dict:
+    """Run bench/parallel_classes.py (another engineer's; it starts a local Prefect server) in a child process
+    and turn its 2-vs-1-worker speed-ups into summary rows."""
+    import subprocess
+
+    import common
+
+    script = BENCH / "parallel_classes.py"
+    if not script.exists():
+        return {"ok": False, "error": f"{script.name} is absent", "summary": []}
+    done = subprocess.run([sys.executable, str(script)], check=False)
+    out = common.RESULTS_DIR / "parallel_classes.json"
+    if done.returncode != 0 or not out.exists():
+        return {"ok": False, "error": f"{script.name} exited with {done.returncode}", "summary": []}
+    speedups = json.loads(out.read_text()).get("speedup_2_vs_1", {})
+    rows = [
+        common.check(
+            "7 parallel classes",
+            f"  Prefect train-classes subflow, {mode} cluster: 2 / 1 workers (info)",
+            value,
+            fmt="{:.2f}",
+            note="bench/parallel_classes.py",
+        )
+        for mode, value in speedups.items()
+    ]
+    return {"ok": True, "summary": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=None, help="run only these benchmarks")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
+    parser.add_argument(
+        "--with-prefect",
+        action="store_true",
+        help="also run bench/parallel_classes.py (per-class training through the Prefect flows; minutes)",
+    )
     args = parser.parse_args(argv)
 
     import common
@@ -116,6 +152,20 @@ def main(argv: list[str] | None = None) -> int:
             }
             results[name] = entry
             gc.collect()
+        if args.with_prefect:
+            mark = sampler.mark()
+            print(
+                f"\n{'=' * 30} parallel_classes (Prefect flows), load {common.loadavg()} {'=' * 30}",
+                flush=True,
+            )
+            begin, cpu_begin = time.perf_counter(), _cpu_seconds()
+            entry = run_prefect_bench()
+            entry |= {
+                "seconds": time.perf_counter() - begin,
+                "cpu_seconds": _cpu_seconds() - cpu_begin,
+                "load": sampler.stats(mark),
+            }
+            results["parallel_classes"] = entry
         load = sampler.stats()
 
     rows = [row for entry in results.values() for row in entry["summary"]]
