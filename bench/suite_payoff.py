@@ -14,26 +14,35 @@ the reference does to pick its best epoch); only the source of features differs:
 
 Pixel metrics are off in both (they are computed once per run from the final logits either way).
 
-Reported: wall time of each way and their ratio, and backbone image-forwards of each, for the small run that is
-actually executed (a few epochs, a few images). The target (>= 5x) is about the suite's REAL proportions, which
-are too slow to run here, so they are EXTRAPOLATED from per-unit costs measured in the same run:
+**Executed** (measured): wall time of each way, their ratio, and backbone image-forwards of each, for a small
+run (a few epochs, a few images). At that size per-run and per-epoch fixed costs (building models, starting
+read-ahead threads, computing AUROC) weigh as much as the work, so the ratio says little about a real suite.
 
-    ours = sum over datasets of [fixed extraction cost + images in the store x extraction s/image]
-           + sum over classes of epochs x (steps/epoch x step s + test images x scoring s/image)     (from (a))
-    ref  = sum over classes of epochs x (steps/epoch x step s + test images x scoring s/image)       (from (b))
+**Real proportions** (the target, >= 5x) are too slow to run here, so they are EXTRAPOLATED from per-unit costs
+measured in the same process:
 
-with the published protocol (METHOD.md section 4): grid 264 training / 78 test images, 160 epochs of
-16 steps (256 images, drop_last); CIFAR-10 20 epochs of 15 steps (250 images drawn, 240 used), 10,000 test
-images, and a store holding the whole dataset (60,000 images) although only two classes train from it. The
-all-ten-classes CIFAR-10 figure is printed too (information).
+    ext    = extraction pipeline per image   (backbone forward, batch 8, + single-thread decode of the dataset)
+    step_v = one training step, batch 16     (`training_step` timed directly, v = 3 views grid, 2 views CIFAR)
+    score  = one scored test image           (`patch_logits` over 64 rows of a store: read + forward)
 
-The executed run trains grid and both CIFAR classes (the quick mode only cat: the extrapolation still counts
-two classes, with the per-unit costs of the one it ran). The run and its extrapolation use one image size
-(quick 112 px to fit the 2-minute budget, full 224 px: the ratio depends on the size, since the backbone and
-the discriminator scale differently with N). The full mode adds an estimate
-at 518 px (the paper's), built from unit costs measured at 518 in the same process: the backbone forward and
-image decode per image, a discriminator training step at N = 1369 for 3 and 2 views (measured at batch 4 and
-scaled x4: no operation of the discriminator mixes images), the scoring forward per image, and a store read.
+The forward, the steps and the scoring are timed interleaved (3 rounds, median), so that they see the same load;
+the executed run's own extraction rate is printed beside ``ext`` for comparison.
+
+    ours = sum_datasets store images x ext + sum_classes epochs x (steps x step_v + test images x score)
+    ref  = sum_classes epochs x (steps x (step_v + 16 x ext) + test images x (score + ext))
+
+i.e. the reference pays the extraction pipeline's per-image cost (decode + forward) for every image it feeds
+the discriminator. The same formula predicts the executed run, printed beside the measured wall time (the gap
+is the fixed costs the formula leaves out). Protocol (METHOD.md section 4): grid 264 training / 78 test images,
+160 epochs of 16 steps (256 images, drop_last); CIFAR-10 20 epochs of 15 steps (250 images drawn, 240 used),
+10,000 test images, and a store holding the whole dataset (60,000 images) although only two classes train from
+it. The all-ten-classes CIFAR-10 figure is printed too (information).
+
+The executed run trains grid and both CIFAR classes (quick: only cat; the extrapolation always counts two).
+Image size: quick 112 px (to fit the 2-minute budget), full 224 px; the ratio depends on the size, since the
+backbone and the discriminator scale differently with N. The full mode adds an estimate at 518 px (the paper's)
+from the same unit costs measured at 518 (2 rounds; the step at batch 4 scaled x4: no operation of the
+discriminator mixes images).
 
 Usage::
 
@@ -55,7 +64,9 @@ from common import (
     finish,
     grid_adapter,
     instrumented_extraction,
+    interleaved,
     loadavg,
+    median,
     print_table,
     scratch_dir,
     synthetic_store,
@@ -65,26 +76,26 @@ NAME = "suite_payoff"
 MODEL = "vit_small_patch14_dinov2"
 CIFAR_CLASSES = ("cat", "dog")  # the full mode runs both; the quick mode runs only the first
 BATCH = 16
+PRESET = {"grid": "mvtec_ad", "cifar10": "cifar10"}
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """A dataset's real proportions: what the published runs do per class."""
+    """A dataset's proportions: what the runs do per class."""
 
     store_images: int  # images `extract_features` puts in the store (the whole dataset / category)
     classes: int  # normal classes the suite trains
     epochs: int
     steps_per_epoch: int
     test_images: int
-    views: int
 
 
 REAL = {
     "grid": Protocol(
-        store_images=264 + 78, classes=1, epochs=160, steps_per_epoch=264 // BATCH, test_images=78, views=3
+        store_images=264 + 78, classes=1, epochs=160, steps_per_epoch=264 // BATCH, test_images=78
     ),
     "cifar10": Protocol(
-        store_images=60_000, classes=2, epochs=20, steps_per_epoch=250 // BATCH, test_images=10_000, views=2
+        store_images=60_000, classes=2, epochs=20, steps_per_epoch=250 // BATCH, test_images=10_000
     ),
 }
 
@@ -135,18 +146,6 @@ class ReferenceStyleSource:
             yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _unit_costs(runs, n_tests) -> dict[str, float]:
-    """Seconds per training step and per scored test image (per epoch), from a way's RunResults."""
-    steps = sum(h["steps"] for run in runs for h in run.history)
-    scored = sum(run.epochs * n for run, n in zip(runs, n_tests, strict=True))
-    return {
-        "step_s": sum(r.train_seconds for r in runs) / steps,
-        "score_s_per_image": sum(r.eval_seconds for r in runs) / scored,
-        "steps": steps,
-        "scored_images": scored,
-    }
-
-
 def run_ours(adapter, spec, classes, preset, store_root: str):
     from generalad.experiment import run_one_class
     from storage.extraction import extract_features
@@ -167,7 +166,8 @@ def run_ours(adapter, spec, classes, preset, store_root: str):
         "extract_s": extracted.seconds,
         "extract_fixed_s": fixed,
         "extract_s_per_image": (extracted.seconds - fixed) / extracted.images_extracted,
-        **_unit_costs(runs, [len(s.test_rows) for s in splits]),
+        "steps": sum(h["steps"] for run in runs for h in run.history),
+        "scored_images": sum(run.epochs * len(s.test_rows) for run, s in zip(runs, splits, strict=True)),
         "auroc_last": [r.evaluations["last"].metrics["image_auroc"] for r in runs],
     }
 
@@ -185,24 +185,97 @@ def run_reference(adapter, spec, classes, preset):
         "wall_s": time.perf_counter() - start,
         "forwards": source.forwards,
         "backbone_s_per_image": source.backbone_seconds / source.forwards,
-        **_unit_costs(runs, [len(s.test_rows) for s in splits]),
+        "steps": sum(h["steps"] for run in runs for h in run.history),
+        "scored_images": sum(run.epochs * len(s.test_rows) for run, s in zip(runs, splits, strict=True)),
         "auroc_last": [r.evaluations["last"].metrics["image_auroc"] for r in runs],
     }
 
 
-def extrapolate(costs: dict[str, dict], protocols: dict[str, Protocol]) -> dict[str, float]:
-    """Wall seconds and image-forwards of each way at the given proportions (formula in the module docstring)."""
+def _spec(size: int):
+    from generalad.backbone import BackboneSpec
+
+    return BackboneSpec(name=MODEL, weights="random", seed=0, image_size=size, init_values=1.0)
+
+
+def measure_units(tmp, size: int, adapters: dict, *, step_batch: int, rounds: int) -> dict:
+    """Per-unit costs at ``size`` px (module docstring), interleaved over ``rounds`` rounds (median): backbone
+    forward per image (batch 8), a training step of batch 16 per dataset's views (timed at ``step_batch``,
+    scaled), scoring per image from a store (64 rows); plus single-thread decode per image of each dataset."""
+    from generalad.backbone import load_backbone
+    from generalad.preprocess import preprocess_image
+    from generalad.presets import preset_for
+    from generalad.scoring import patch_logits
+    from generalad.training import build_discriminator, make_optimizer, training_step
+    from storage.extraction import _record
+    from storage.feature_store import FeatureStore
+
+    grid = size // 14
+    n = grid * grid
+    decode, images = {}, None
+    for name, adapter in adapters.items():
+        records = [_record(r) for r in adapter.manifest().head(4).itertuples(index=False)]
+        start = time.perf_counter()
+        decoded = [preprocess_image(adapter.load_image(r), size) for r in records]
+        decode[name] = (time.perf_counter() - start) / len(decoded)
+        images = images or decoded
+    backbone = load_backbone(_spec(size))
+    batch = torch.stack((images * 8)[:8])
+
+    def forward() -> None:
+        with torch.inference_mode():
+            backbone(batch)
+
+    tokens, attn = torch.randn(step_batch, n, 384), torch.rand(step_batch, 6, n)
+
+    def step_of(name: str):
+        preset = preset_for(PRESET[name])
+        torch.manual_seed(0)
+        model = build_discriminator(n, 384, preset).train()
+        optimizer, _ = make_optimizer(model, preset, 1)
+        generator = torch.Generator().manual_seed(0)
+        return model, lambda: training_step(
+            model, optimizer, tokens, attn, views=preset.views, generator=generator
+        )
+
+    steps = {name: step_of(name) for name in adapters}
+    url = str(tmp / f"units{size}.zarr")
+    synthetic_store(url, classes=("a", "b"), n_train=8, n_test_per_class=40, grid=grid)
+    store = FeatureStore(url)
+    scorer = steps["grid"][0]
+    rows = np.arange(16, 16 + 64)
+
+    def score() -> None:
+        patch_logits(scorer, store, rows)  # eval mode inside; store read + forward
+
+    with torch.inference_mode():
+        backbone(batch[:1])  # warm-up
+    variants = {"forward": forward, "score": score} | {f"step_{name}": fn for name, (_, fn) in steps.items()}
+    times = interleaved(variants, rounds=rounds)
+    return {
+        "forward_s": median(times["forward"]) / len(batch),
+        "decode_s": decode,
+        "step_s": {name: median(times[f"step_{name}"]) * BATCH / step_batch for name in adapters},
+        "score_s": median(times["score"]) / len(rows),
+        "step_batch": step_batch,
+        "rounds": rounds,
+        "times_s": times,
+    }
+
+
+def extrapolate(units: dict, ext: dict[str, float], protocols: dict[str, Protocol]) -> dict:
+    """Seconds and image-forwards of each way at the given proportions (formula in the module docstring)."""
     parts = {"ours_extract": 0.0, "ours_train": 0.0, "ours_score": 0.0, "ref_train": 0.0, "ref_score": 0.0}
     forwards_ours = forwards_ref = 0.0
     for name, p in protocols.items():
-        a, b = costs[name]["ours"], costs[name]["reference"]
-        parts["ours_extract"] += a["extract_fixed_s"] + p.store_images * a["extract_s_per_image"]
-        parts["ours_train"] += p.classes * p.epochs * p.steps_per_epoch * a["step_s"]
-        parts["ours_score"] += p.classes * p.epochs * p.test_images * a["score_s_per_image"]
-        parts["ref_train"] += p.classes * p.epochs * p.steps_per_epoch * b["step_s"]
-        parts["ref_score"] += p.classes * p.epochs * p.test_images * b["score_s_per_image"]
+        step, score = units["step_s"][name], units["score_s"]
+        runs = p.classes * p.epochs
+        parts["ours_extract"] += p.store_images * ext[name]
+        parts["ours_train"] += runs * p.steps_per_epoch * step
+        parts["ours_score"] += runs * p.test_images * score
+        parts["ref_train"] += runs * p.steps_per_epoch * (step + BATCH * ext[name])
+        parts["ref_score"] += runs * p.test_images * (score + ext[name])
         forwards_ours += p.store_images
-        forwards_ref += p.classes * p.epochs * (p.steps_per_epoch * BATCH + p.test_images)
+        forwards_ref += runs * (p.steps_per_epoch * BATCH + p.test_images)
     ours = parts["ours_extract"] + parts["ours_train"] + parts["ours_score"]
     ref = parts["ref_train"] + parts["ref_score"]
     return {
@@ -212,83 +285,6 @@ def extrapolate(costs: dict[str, dict], protocols: dict[str, Protocol]) -> dict[
         "forwards_ours": forwards_ours,
         "forwards_reference": forwards_ref,
         "parts_s": parts,
-    }
-
-
-def estimate_518(tmp, grid, cifar, threads: int) -> dict[str, dict]:
-    """Per-unit costs at 518 px measured here (see the module docstring), in the shape `extrapolate` takes."""
-    from generalad.backbone import BackboneSpec, load_backbone
-    from generalad.preprocess import preprocess_image
-    from generalad.presets import preset_for
-    from generalad.scoring import patch_logits
-    from generalad.training import build_discriminator, make_optimizer, training_step
-    from storage.extraction import _record
-    from storage.feature_store import FeatureStore
-
-    size, grid_side, small = 518, 37, 4
-    n = grid_side * grid_side
-    backbone = load_backbone(BackboneSpec(name=MODEL, weights="random", image_size=size, init_values=1.0))
-
-    def decode_s(adapter, count=4) -> float:
-        records = [_record(r) for r in adapter.manifest().head(count).itertuples(index=False)]
-        start = time.perf_counter()
-        images = [preprocess_image(adapter.load_image(r), size) for r in records]
-        return (time.perf_counter() - start) / len(images), images
-
-    grid_decode, images = decode_s(grid)
-    cifar_decode, _ = decode_s(cifar)
-    batch = torch.stack((images * 8)[:8])
-    with torch.inference_mode():
-        backbone(batch[:1])  # warm-up
-        start = time.perf_counter()
-        backbone(batch)
-        forward = (time.perf_counter() - start) / len(batch)
-
-    tokens, attn = torch.randn(small, n, 384), torch.rand(small, 6, n)
-    steps = {}
-    for name in ("mvtec_ad", "cifar10"):
-        preset = preset_for(name)
-        torch.manual_seed(0)
-        model = build_discriminator(n, 384, preset).train()
-        optimizer, _ = make_optimizer(model, preset, 1)
-        generator = torch.Generator().manual_seed(0)
-        start = time.perf_counter()
-        training_step(model, optimizer, tokens, attn, views=preset.views, generator=generator)
-        steps[name] = (time.perf_counter() - start) * BATCH / small
-
-    url = str(tmp / "read518.zarr")
-    synthetic_store(url, classes=("a", "b"), n_train=8, n_test_per_class=8, grid=grid_side)
-    store = FeatureStore(url)
-    model.eval()
-    start = time.perf_counter()
-    patch_logits(model, store, np.arange(store.num_images))
-    score = (time.perf_counter() - start) / store.num_images  # store read + scoring forward, per image
-
-    def costs(decode: float, step: float) -> dict[str, dict]:
-        return {
-            "ours": {
-                "extract_fixed_s": 0.0,
-                "extract_s_per_image": decode + forward,
-                "step_s": step,
-                "score_s_per_image": score,
-            },
-            "reference": {
-                "step_s": step + BATCH * (decode + forward),
-                "score_s_per_image": score + decode + forward,
-            },
-        }
-
-    return {
-        "grid": costs(grid_decode, steps["mvtec_ad"]),
-        "cifar10": costs(cifar_decode, steps["cifar10"]),
-        "_measured": {
-            "forward_s_per_image": forward,
-            "grid_decode_s": grid_decode,
-            "cifar_decode_s": cifar_decode,
-            "step_s_batch16_scaled": steps,
-            "score_s_per_image": score,
-            "threads": threads,
-        },
     }
 
 
@@ -319,10 +315,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     load_start = loadavg()
 
-    from generalad.backbone import BackboneSpec
     from generalad.presets import preset_for
 
-    spec = BackboneSpec(name=MODEL, weights="random", seed=0, image_size=args.image_size, init_values=1.0)
+    spec = _spec(args.image_size)
     presets = {
         "grid": preset_for("mvtec_ad").with_overrides(epochs=epochs),
         "cifar10": preset_for("cifar10").with_overrides(epochs=epochs, epoch_subset=cifar_train),
@@ -343,18 +338,40 @@ def main(argv: list[str] | None = None) -> dict:
                     results[name][way] = run_ours(adapter, spec, classes, presets[name], str(tmp / "stores"))
                 else:
                     results[name][way] = run_reference(adapter, spec, classes, presets[name])
-        est518 = None
+        adapters = {name: adapter for name, (adapter, _) in datasets.items()}
+        units = measure_units(tmp, args.image_size, adapters, step_batch=BATCH, rounds=3)
+        units518 = None
         if not args.quick and not args.no_estimate_518:
-            est518 = estimate_518(tmp, grid, cifar, args.threads)
+            units518 = measure_units(tmp, 518, adapters, step_batch=4, rounds=2)
         store_images = {name: len(adapter.manifest()) for name, (adapter, _) in datasets.items()}
 
+    # ext: the extraction pipeline's cost per image = backbone forward + decode (on 2 cores the decoding thread
+    # competes with the torch threads, so the two add up; question 1 measures how closely)
+    ext = {name: units["forward_s"] + units["decode_s"][name] for name in results}
+    ext_executed = {name: r["ours"]["extract_s_per_image"] for name, r in results.items()}
     wall_a = sum(r["ours"]["wall_s"] for r in results.values())
     wall_b = sum(r["reference"]["wall_s"] for r in results.values())
     fwd_a = sum(r["ours"]["forwards"] for r in results.values())
     fwd_b = sum(r["reference"]["forwards"] for r in results.values())
-    real = extrapolate(results, REAL)
-    all_classes = extrapolate(results, REAL | {"cifar10": dataclasses.replace(REAL["cifar10"], classes=10)})
-    real518 = extrapolate(est518, REAL) if est518 else None
+    executed = {
+        name: Protocol(
+            store_images=store_images[name],
+            classes=len(datasets[name][1]),
+            epochs=epochs,
+            steps_per_epoch=results[name]["ours"]["steps"] // (epochs * len(datasets[name][1])),
+            test_images=results[name]["ours"]["scored_images"] // (epochs * len(datasets[name][1])),
+        )
+        for name in results
+    }
+    model = extrapolate(units, ext, executed)
+    real = extrapolate(units, ext, REAL)
+    all_classes = extrapolate(
+        units, ext, REAL | {"cifar10": dataclasses.replace(REAL["cifar10"], classes=10)}
+    )
+    real518 = None
+    if units518:
+        ext518 = {name: units518["forward_s"] + units518["decode_s"][name] for name in results}
+        real518 = extrapolate(units518, ext518, REAL)
     auroc_gap = max(
         abs(a - b)
         for r in results.values()
@@ -377,19 +394,58 @@ def main(argv: list[str] | None = None) -> dict:
                     way,
                     x["wall_s"],
                     x["forwards"],
-                    x["step_s"],
-                    x["score_s_per_image"],
+                    x["steps"],
+                    x["scored_images"],
                     " ".join(f"{v:.3f}" for v in x["auroc_last"]),
                 ]
             )
     print_table(
-        ["dataset", "way", "wall s", "image-forwards", "s / train step", "s / scored image", "AUROC (last)"],
+        ["dataset", "way", "wall s", "image-forwards", "train steps", "images scored", "AUROC (last)"],
         rows,
         title="\nexecuted run (measured)",
     )
     print(
         f"executed: reference / ours wall = {wall_b / wall_a:.2f}x; forwards {fwd_b} vs {fwd_a} "
-        f"({fwd_b / fwd_a:.1f}x); largest AUROC difference between the ways {auroc_gap:.3f} (fp16 store vs fp32)"
+        f"({fwd_b / fwd_a:.1f}x); largest AUROC difference between the ways {auroc_gap:.3f} (fp16 store vs fp32); "
+        f"the unit-cost formula predicts {model['ours_s']:.1f} s / {model['reference_s']:.1f} s "
+        f"(measured {wall_a:.1f} / {wall_b:.1f}: the rest is fixed costs)"
+    )
+    unit_rows = [
+        [
+            "executed run: extraction per image, steady (grid / CIFAR)",
+            f"{ext_executed['grid']:.3f} / {ext_executed['cifar10']:.3f}",
+            "—",
+        ]
+    ]
+    unit_rows.append(
+        [
+            "backbone forward per image",
+            f"{units['forward_s']:.3f}",
+            f"{units518['forward_s']:.3f}" if units518 else "—",
+        ]
+    )
+    unit_rows.append(
+        [
+            "decode per image (grid / CIFAR)",
+            f"{units['decode_s']['grid']:.3f} / {units['decode_s']['cifar10']:.3f}",
+            f"{units518['decode_s']['grid']:.3f} / {units518['decode_s']['cifar10']:.3f}"
+            if units518
+            else "—",
+        ]
+    )
+    for name, label in (("grid", "step, batch 16, 3 views"), ("cifar10", "step, batch 16, 2 views")):
+        unit_rows.append(
+            [label, f"{units['step_s'][name]:.2f}", f"{units518['step_s'][name]:.2f}" if units518 else "—"]
+        )
+    unit_rows.append(
+        [
+            "score per image (read + forward)",
+            f"{units['score_s']:.4f}",
+            f"{units518['score_s']:.4f}" if units518 else "—",
+        ]
+    )
+    print_table(
+        ["unit cost, seconds", f"{args.image_size} px", "518 px"], unit_rows, title="\nper-unit costs"
     )
 
     def proportions() -> str:
@@ -488,12 +544,17 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "loadavg_start": load_start,
         "executed": results,
+        "units": units,
+        "units_518": units518,
+        "ext_s_per_image": ext,
+        "ext_s_per_image_executed": ext_executed,
+        "model_of_executed": model,
         "executed_ratio": wall_b / wall_a,
         "executed_forwards": {"ours": fwd_a, "reference": fwd_b},
         "real_proportions": {k: v.__dict__ for k, v in REAL.items()},
         "extrapolated": real,
         "extrapolated_all_cifar_classes": all_classes,
-        "estimate_518": {"costs": est518, "result": real518} if est518 else None,
+        "estimate_518": real518,
         "auroc_gap": auroc_gap,
         "summary": summary,
     }
