@@ -159,7 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
                 fp32_mb[name],
                 r["test_images"],
                 r["peak_mb"],
-                r["ru_maxrss_mb"],
                 r["seconds"],
             ]
             for name, r in runs.items()
