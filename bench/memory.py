@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> dict:
             "features as fp32 MB",
             "test images scored",
             "peak RSS (VmHWM) MB",
-            "wait4 maxrss MB",
             "s",
         ],
         [
