@@ -374,7 +374,7 @@ def _limited(adapter, n_train: int | None, n_test: int | None):
 def grid_adapter(tmp: Path, *, n_train: int | None = None, n_test: int | None = None):
     """MVTec-AD `grid` from ../shared/data (1024x1024 greyscale PNGs with masks), or, when that is absent, a
     generated MVTec-layout category of 1024x1024 PNGs (the `quickstart` generator); returns (adapter, source)."""
-    from generalad.datasets import generate_quickstart, get_dataset
+    from generalad.data import generate_quickstart, get_dataset
 
     root = SHARED_DATA / "mvtec_ad"
     if (root / "grid" / "train" / "good").is_dir():
@@ -396,8 +396,8 @@ def cifar_adapter(
     import numpy as np
     from PIL import Image
 
-    from generalad.datasets import get_dataset
-    from generalad.datasets.cifar import CIFAR10_CLASSES
+    from generalad.data import get_dataset
+    from generalad.data.cifar import CIFAR10_CLASSES
 
     real = SHARED_DATA / "cifar10"
     root = tmp / "cifar10"
@@ -454,8 +454,8 @@ def synthetic_store(
     import numpy as np
     import timm
 
-    from generalad.datasets.base import Record, manifest_frame
-    from generalad.datasets.oneclass import one_vs_rest_split
+    from generalad.data.base import Record, manifest_frame
+    from generalad.data.oneclass import one_vs_rest_split
     from storage.feature_store import StoreLayout, StoreWriter
     from storage.fingerprint import SCHEMA_VERSION, StoreFingerprint, manifest_hash
 

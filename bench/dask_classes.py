@@ -3,7 +3,7 @@
 One feature store of random fp16 features with K classes (one-vs-rest) is written once. One
 `distributed.LocalCluster` of 2 worker processes (1 task slot each, bound to 127.0.0.1) is started and every
 worker warmed up (imports torch and the project; start-up reported, not counted). Then, for 1 worker (tasks
-pinned to the first worker) and for 2 workers, `client.map` runs `storage.train_job.train_from_store` for each
+pinned to the first worker) and for 2 workers, `client.map` runs `generalad.apps.train_job.train_from_store` for each
 of the K classes (semantic preset, 2 epochs of 16 images, scoring
 at the end). Torch threads per task follow the project's plan (`flows.runtime.plan_dask`): cores // workers,
 so 1 worker x 2 threads against 2 workers x 1 thread on 2 cores. Throughput = classes per second of wall time
@@ -38,7 +38,7 @@ def warm_worker() -> int:
     """Import what a task needs, so the timed part does not pay for imports."""
     import torch  # noqa: F401
 
-    import storage.train_job  # noqa: F401
+    import generalad.apps.train_job  # noqa: F401
 
     return os.getpid()
 
@@ -47,9 +47,9 @@ def train_class(url: str, normal_class: str, preset: dict, threads: int) -> dict
     """One class on a worker: open the store, train, score; returns timing."""
     import torch
 
-    from generalad.presets import Preset
+    from generalad.apps.train_job import train_from_store
+    from generalad.method.presets import Preset
     from storage.feature_store import FeatureStore
-    from storage.train_job import train_from_store
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     cores = args.threads  # cores the benchmark may use; torch threads per task = cores // workers
     load_start = loadavg()
 
-    from generalad.presets import preset_for
+    from generalad.method.presets import preset_for
 
     classes = [f"c{i}" for i in range(args.classes)]
     preset = preset_for("cifar10").with_overrides(epochs=2, epoch_subset=16).to_dict()

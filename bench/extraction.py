@@ -111,8 +111,8 @@ def model_flops(model, image_size: int) -> dict[str, float]:
 
 def decode_times(adapter, records, image_size: int) -> tuple[list[torch.Tensor], dict[str, float]]:
     """Decode every record once (single thread), timing file decode, resize+normalise and masks separately."""
-    from generalad.images import load_mask
-    from generalad.preprocess import preprocess_image, preprocess_mask
+    from generalad.data.images import load_mask
+    from generalad.data.preprocess import preprocess_image, preprocess_mask
 
     decoded, t_decode, t_resize, t_mask = [], 0.0, 0.0, 0.0
     for record in records:

@@ -127,7 +127,7 @@ def extract_child(
     import torch
     from tqdm.auto import tqdm
 
-    from generalad.datasets import get_dataset
+    from generalad.data import get_dataset
     from storage.extraction import extract_features
 
     torch.set_num_threads(1)
@@ -215,7 +215,7 @@ class Bench:
     """The work folder, the process context and the reference store."""
 
     def __init__(self, work: Path, seed: int) -> None:
-        from generalad.datasets import generate_quickstart
+        from generalad.data import generate_quickstart
 
         self.work = work
         self.rng = random.Random(seed)

@@ -11,11 +11,11 @@ tokens; speed does not depend on the values):
 2. **Full extraction path** for ViT-S: `storage.extraction.extract_features` with ``device=DEVICE`` on a
    generated 1024 x 1024 PNG category (decode and resize run on the CPU in one background thread), against the
    forward alone: on a GPU the CPU-side decode is the likely limit.
-3. **Discriminator training** images/s: `generalad.training.training_step` at N = 1369, E = 384/768/1024,
+3. **Discriminator training** images/s: `generalad.method.training.training_step` at N = 1369, E = 384/768/1024,
    batch 16, 3 views (industrial preset), float32 and bfloat16 autocast.
 4. **End-to-end inference** images/s: preprocessed batch -> Backbone -> discriminator (eval) -> top-10 image
    score + 518 x 518 blurred anomaly maps, batch 16 and batch 1, against the paper's 154 / 52 / 17 images/s
-   (S / B / L) on one A100-40GB (`generalad.paper.INFERENCE_IMAGES_PER_SECOND`). Another GPU: compare with care.
+   (S / B / L) on one A100-40GB (`generalad.apps.paper.INFERENCE_IMAGES_PER_SECOND`). Another GPU: compare with care.
 
 Without a CUDA device it prints why and exits 0 (the summary row says "skipped").
 
@@ -129,8 +129,8 @@ def bench_backbone(size: str, *, batch: int, repeats: int) -> dict:
 def bench_discriminator(embed_dim: int, *, batch: int, repeats: int) -> dict:
     import torch
 
-    from generalad.presets import preset_for
-    from generalad.training import build_discriminator, make_optimizer, training_step
+    from generalad.method.presets import preset_for
+    from generalad.method.training import build_discriminator, make_optimizer, training_step
 
     preset = preset_for("mvtec_ad")
     n = (SIZE // 14) ** 2
@@ -157,9 +157,9 @@ def bench_inference(size: str, *, batches: tuple[int, ...], repeats: int) -> dic
     import torch
 
     from generalad.backbone import BackboneSpec, load_backbone
-    from generalad.presets import preset_for
-    from generalad.scoring import anomaly_maps, image_scores
-    from generalad.training import build_discriminator
+    from generalad.method.presets import preset_for
+    from generalad.method.scoring import anomaly_maps, image_scores
+    from generalad.method.training import build_discriminator
 
     spec = BackboneSpec(name=f"vit_{size}_patch14_dinov2", weights="random", image_size=SIZE, init_values=1.0)
     backbone = load_backbone(spec).to(DEVICE)
@@ -186,7 +186,7 @@ def bench_extract_path(tmp, *, repeats: int) -> dict:
     import torch
 
     from generalad.backbone import BackboneSpec, load_backbone
-    from generalad.datasets import generate_quickstart, get_dataset
+    from generalad.data import generate_quickstart, get_dataset
     from storage.extraction import extract_features
 
     scale = 1 if DEVICE == "cuda" else 8  # a CPU smoke test extracts 8x fewer images
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = [check("8 GPU", "GPU benchmark", None, note="skipped: no CUDA device")]
         return finish(NAME, args, {"skipped": True, "reason": message, "summary": summary}, started)
 
-    from generalad.paper import INFERENCE_DEVICE, INFERENCE_IMAGES_PER_SECOND
+    from generalad.apps.paper import INFERENCE_DEVICE, INFERENCE_IMAGES_PER_SECOND
 
     sizes = args.sizes or (["small"] if args.quick else ["small", "base", "large"])
     repeats = args.repeats or (5 if args.quick else 10)

@@ -2,7 +2,7 @@
 
 Two stores of random fp16 features are written through the real `StoreWriter` (one-vs-rest, classes a and b;
 the 8x store has eight times the training AND the test images of the 1x store). Each run is a separate child
-process (this script with ``--child``): `storage.train_job.train_from_store` for class a with the semantic preset
+process (this script with ``--child``): `generalad.apps.train_job.train_from_store` for class a with the semantic preset
 (clean + noise_all, 1 epoch of 16 drawn images), then scoring of every test image from the store, which streams
 the whole 8x test set through the discriminator in batches of 64. Peak RSS is the child's own ``VmHWM``
 (/proc/self/status at exit); ``ru_maxrss`` from ``os.wait4`` is recorded too, but on Linux it also counts the
@@ -58,11 +58,11 @@ def child(url: str, mode: str, threads: int) -> None:
     import numpy as np
     import torch
 
-    from generalad.experiment import run_one_class
-    from generalad.feature_source import InMemoryFeatures
-    from generalad.presets import preset_for
+    from generalad.apps.train_job import train_from_store
+    from generalad.method.experiment import run_one_class
+    from generalad.method.feature_source import InMemoryFeatures
+    from generalad.method.presets import preset_for
     from storage.feature_store import FeatureStore
-    from storage.train_job import train_from_store
 
     torch.set_num_threads(threads)
     store = FeatureStore(url)

@@ -54,7 +54,7 @@ def _loadavg() -> list[float]:
 def _build_stores(work: Path, image_size: int) -> list[str]:
     """Quickstart stores of every category (random-init ViT-S), extracted once; their URLs."""
     from generalad.backbone import BackboneSpec
-    from generalad.datasets import generate_quickstart, get_dataset
+    from generalad.data import generate_quickstart, get_dataset
     from storage.extraction import extract_features
 
     root = generate_quickstart(work / "data" / "quickstart")

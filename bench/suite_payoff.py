@@ -3,7 +3,7 @@
 The mini-suite: MVTec-AD `grid` (industrial preset: clean + noise_all + noise_random, top-10 score) and CIFAR-10
 with two normal classes, cat and dog (semantic preset: clean + noise_all, mean score), from ../shared/data
 (generated images when that is absent). Each class runs once per way, same seed, same discriminator, same
-training loop, same per-epoch scoring (`generalad.experiment.run_one_class` with ``eval_every_epoch=True``, what
+training loop, same per-epoch scoring (`generalad.method.experiment.run_one_class` with ``eval_every_epoch=True``, what
 the reference does to pick its best epoch); only the source of features differs:
 
 (a) ours: `storage.extraction.extract_features` once per dataset into a Zarr store (fp16, the default), then
@@ -129,7 +129,7 @@ class ReferenceStyleSource:
         return self.backbone.num_heads
 
     def _decode(self, rows) -> torch.Tensor:
-        from generalad.preprocess import preprocess_image
+        from generalad.data.preprocess import preprocess_image
 
         size = self.backbone.spec.image_size
         return torch.stack([preprocess_image(self.adapter.load_image(self.records[i]), size) for i in rows])
@@ -147,7 +147,7 @@ class ReferenceStyleSource:
 
 
 def run_ours(adapter, spec, classes, preset, store_root: str):
-    from generalad.experiment import run_one_class
+    from generalad.method.experiment import run_one_class
     from storage.extraction import extract_features
     from storage.feature_store import FeatureStore
 
@@ -174,7 +174,7 @@ def run_ours(adapter, spec, classes, preset, store_root: str):
 
 def run_reference(adapter, spec, classes, preset):
     from generalad.backbone import load_backbone
-    from generalad.experiment import run_one_class
+    from generalad.method.experiment import run_one_class
 
     start = time.perf_counter()
     source = ReferenceStyleSource(adapter, load_backbone(spec))
@@ -202,10 +202,10 @@ def measure_units(tmp, size: int, adapters: dict, *, step_batch: int, rounds: in
     forward per image (batch 8), a training step of batch 16 per dataset's views (timed at ``step_batch``,
     scaled), scoring per image from a store (64 rows); plus single-thread decode per image of each dataset."""
     from generalad.backbone import load_backbone
-    from generalad.preprocess import preprocess_image
-    from generalad.presets import preset_for
-    from generalad.scoring import patch_logits
-    from generalad.training import build_discriminator, make_optimizer, training_step
+    from generalad.data.preprocess import preprocess_image
+    from generalad.method.presets import preset_for
+    from generalad.method.scoring import patch_logits
+    from generalad.method.training import build_discriminator, make_optimizer, training_step
     from storage.extraction import _record
     from storage.feature_store import FeatureStore
 
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     load_start = loadavg()
 
-    from generalad.presets import preset_for
+    from generalad.method.presets import preset_for
 
     spec = _spec(args.image_size)
     presets = {

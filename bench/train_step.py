@@ -2,7 +2,7 @@
 views in ONE batched forward against one forward per view.
 
 Measured in one process, interleaved (A B C, C B A, ...): the training step (views + forward + loss + backward +
-AdamW, `generalad.training.training_step`) batched and per view, and a float32 matmul of 2048^3 (the machine's
+AdamW, `generalad.method.training.training_step`) batched and per view, and a float32 matmul of 2048^3 (the machine's
 rate). Reported: the step's analytic FLOPs / step time / matmul FLOP/s (the fraction of the matmul bound the
 step reaches; 1.0 = as fast as a plain matmul), and per-view time / batched time (> 1: batching pays). A
 ``torch.profiler`` run of one batched step (first, doubling as the warm-up) splits its time by kind of operator,
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(threads)
     load_start = loadavg()
 
-    from generalad.presets import preset_for
-    from generalad.training import build_discriminator, make_optimizer, training_step
+    from generalad.method.presets import preset_for
+    from generalad.method.training import build_discriminator, make_optimizer, training_step
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.retry import transient_io_only
 from generalad.backbone import BackboneSpec, resolve_weights
-from generalad.datasets import get_dataset
+from generalad.data import get_dataset
 from storage.extraction import extract_features
 
 __all__ = ["extract_store", "extract_features_flow"]

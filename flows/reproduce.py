@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -29,13 +27,13 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from flows.extract import extract_store
-from flows.runtime import api_for_subprocesses, plan_dask
+from flows.runtime import api_for_subprocesses, new_run_id, plan_dask
 from flows.suites import Suite, SuiteEntry, dataset_roots, get_suite, missing_datasets
 from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
+from generalad.apps.report_tables import render_table
+from generalad.apps.visualize import markdown_images, sweep_plots
 from generalad.backbone import resolve_weights
-from generalad.datasets import generate_quickstart, get_dataset_class
-from generalad.report_tables import render_table
-from generalad.visualize import markdown_images, sweep_plots
+from generalad.data import generate_quickstart, get_dataset_class
 from storage.feature_store import FeatureStore
 from storage.report_schema import redact
 from storage.reports import ReportStore
@@ -54,11 +52,6 @@ class SuiteFailed(RuntimeError):
     def __init__(self, message: str, summary: dict | None = None) -> None:
         super().__init__(message)
         self.summary = summary or {}
-
-
-def new_run_id(prefix: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def default_data_home() -> Path:

@@ -13,8 +13,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = [
@@ -184,3 +186,9 @@ def plan_dask(n_tasks: int, *, address: str | None = None, n_workers: int | None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = n_workers or max(1, min(n_tasks, cores))
     return DaskPlan(address=None, n_workers=workers, torch_threads=max(1, cores // workers))
+
+
+def new_run_id(prefix: str) -> str:
+    """A run id that sorts by start time and never collides: `<prefix>-<UTC stamp>-<6 hex>`."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"

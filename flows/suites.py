@@ -98,7 +98,7 @@ HOW_TO_GET: Mapping[str, str] = MappingProxyType(
         "https://www.mvtec.com/company/research/datasets/mvtec-loco and extract it",
         "visa": "download VisA_20220922.tar and split_csv/1cls.csv from https://github.com/amazon-science/spot-diff",
         "mpdd": "download MPDD via the link in https://github.com/stepanje/MPDD's README and extract it",
-        "quickstart": 'generate it offline: python -c "from generalad.datasets import generate_quickstart; '
+        "quickstart": 'generate it offline: python -c "from generalad.data import generate_quickstart; '
         "generate_quickstart('PATH')\"",
     }
 )
@@ -109,7 +109,7 @@ class SuiteEntry:
     """One block of experiments: a dataset and backbone, its classes, seeds, shot counts and preset overrides.
 
     Args:
-        dataset: dataset registry name (`generalad.datasets.list_datasets()`).
+        dataset: dataset registry name (`generalad.data.list_datasets()`).
         categories: the normal classes / categories to run; None = every normal class of the dataset.
         backbone: timm DINOv2 name (without pretrained tag).
         image_size: input side in pixels, a multiple of 14 (518 = the paper's 37 x 37 patches).

@@ -16,12 +16,12 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.retry import transient_io_only
+from generalad.apps.train_job import resolve_preset, train_from_store
 from generalad.errors import GeneralADError
 from storage.feature_store import FeatureStore
 from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
 from storage.report_schema import MetricRow
 from storage.reports import ReportStore
-from storage.train_job import resolve_preset, train_from_store
 
 __all__ = ["ClassJob", "ClassResult", "ClassFailed", "train_class", "train_class_flow", "failed_rows_of"]
 
@@ -162,7 +162,7 @@ def train_class_flow(
 
     A failed task still leaves its status="failed" row in the reports, and the flow ends Failed naming the class.
     """
-    from flows.reproduce import new_run_id
+    from flows.runtime import new_run_id
 
     run_id = run_id or new_run_id(f"train-{class_name}")
     job = ClassJob(store, class_name, seed, shots, {"epochs": epochs} if epochs else {}, eval_every_epoch)

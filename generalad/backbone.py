@@ -20,8 +20,8 @@ import timm
 import torch
 from torch import nn
 
+from generalad.data.preprocess import PATCH_SIZE, check_image_size
 from generalad.errors import ConfigError, WeightsError
-from generalad.preprocess import PATCH_SIZE, check_image_size
 
 __all__ = ["BackboneSpec", "Backbone", "load_backbone", "weights_identity", "SUPPORTED_BACKBONES"]
 

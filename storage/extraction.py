@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from generalad.backbone import BackboneSpec, load_backbone
-from generalad.datasets.base import DatasetAdapter, Record
+from generalad.data.base import DatasetAdapter, Record
+from generalad.data.images import load_mask
+from generalad.data.preprocess import PATCH_SIZE, preprocess_image, preprocess_mask
 from generalad.errors import ConfigError, StoreError
-from generalad.images import load_mask
-from generalad.preprocess import PATCH_SIZE, preprocess_image, preprocess_mask
 from storage import urls
 from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
 from storage.fingerprint import StoreFingerprint, fingerprint_for

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 import torch
 import zarr
 
-from generalad.datasets.base import OneClassSplit
 from generalad.errors import DatasetError, StoreError
-from generalad.feature_source import FeatureBatch
+from generalad.method.feature_source import FeatureBatch
+from generalad.method.split import OneClassSplit
 from storage import fingerprint as _fingerprint
 from storage import urls
 from storage.fingerprint import StoreFingerprint

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import timm
 
-from generalad import preprocess
 from generalad.backbone import BackboneSpec, weights_identity
-from generalad.datasets.layout import check_name
+from generalad.data import preprocess
+from generalad.data.layout import check_name
 
 __all__ = ["SCHEMA_VERSION", "StoreFingerprint", "manifest_hash", "fingerprint_for"]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from generalad.experiment import RunResult
-from generalad.presets import Preset
-from generalad.scoring import blur_params
+from generalad.method.experiment import RunResult
+from generalad.method.presets import Preset
+from generalad.method.scoring import blur_params
 from storage.feature_store import FeatureStore
 from storage.report_schema import MetricRow, format_layers, format_views, scores_from_arrays
 

@@ -17,7 +17,7 @@ from flows import train as train_module
 from flows.retry import is_transient
 from flows.train import ClassJob, train_class
 from generalad.errors import ConfigError, StoreError, TrainingError
-from generalad.presets import preset_for
+from generalad.method.presets import preset_for
 
 
 @pytest.mark.parametrize(

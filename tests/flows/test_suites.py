@@ -29,8 +29,8 @@ def clean_env(monkeypatch):
 @pytest.mark.parametrize("suite_name, entry", ALL_ENTRIES, ids=[f"{n}-{e.dataset}" for n, e in ALL_ENTRIES])
 def test_entry_fits_datasets_presets_and_backbones(suite_name, entry):
     from generalad.backbone import SUPPORTED_BACKBONES
-    from generalad.datasets import get_dataset_class, list_datasets
-    from generalad.presets import preset_for
+    from generalad.data import get_dataset_class, list_datasets
+    from generalad.method.presets import preset_for
 
     assert entry.dataset in list_datasets()
     assert entry.backbone in SUPPORTED_BACKBONES
@@ -45,7 +45,7 @@ def test_entry_fits_datasets_presets_and_backbones(suite_name, entry):
 
 
 def test_how_to_get_covers_every_registered_dataset():
-    from generalad.datasets import list_datasets
+    from generalad.data import list_datasets
 
     assert set(list_datasets()) - {"folder"} <= set(suites.HOW_TO_GET)
     assert all("\n" not in text for text in suites.HOW_TO_GET.values())

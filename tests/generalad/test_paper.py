@@ -1,4 +1,4 @@
-"""The published numbers in generalad.paper match METHOD.md section 7."""
+"""The published numbers in generalad.apps.paper match METHOD.md section 7."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from generalad import paper
+from generalad.apps import paper
 
 METHOD_MD = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "METHOD.md"
 

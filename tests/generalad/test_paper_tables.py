@@ -1,4 +1,4 @@
-"""Paper-style tables (generalad.report_tables) against hand computations on hand-built frames."""
+"""Paper-style tables (generalad.apps.report_tables) against hand computations on hand-built frames."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from generalad.report_tables import cell_means, failed_classes, render_table
+from generalad.apps.report_tables import cell_means, failed_classes, render_table
 
 S, B = "vit_small_patch14_dinov2", "vit_base_patch14_dinov2"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

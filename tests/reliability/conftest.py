@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from generalad.backbone import BackboneSpec
-from generalad.datasets import get_dataset
-from generalad.datasets.base import DatasetAdapter
+from generalad.data import get_dataset
+from generalad.data.base import DatasetAdapter
 from storage.extraction import extract_features
 from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
 from tests.fixtures.datasets import make_mvtec

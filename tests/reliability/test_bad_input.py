@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from generalad.backbone import load_backbone
 from generalad.cli import main
-from generalad.datasets import get_dataset
+from generalad.data import get_dataset
 from generalad.errors import DatasetError, GeneralADError, ImageError, StoreError
 from storage import urls
 from storage.extraction import _record

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import generalad.preprocess
+import generalad.data.preprocess
 import storage.fingerprint
 from generalad.backbone import BackboneSpec
 from generalad.errors import StoreError
@@ -69,7 +69,7 @@ CHANGES: dict[str, Change] = {
     "image size": _spec(image_size=42),
     "layers": _spec(layers=(-2, -1)),
     "dtype": lambda mp, data, tmp: (SPEC, "float32"),
-    "preprocessing spec": _constant(generalad.preprocess, "PREPROCESSING_SPEC", "pil-bicubic|v2"),
+    "preprocessing spec": _constant(generalad.data.preprocess, "PREPROCESSING_SPEC", "pil-bicubic|v2"),
     "timm version": _constant(storage.fingerprint.timm, "__version__", "99.0.0"),
     "attention capture": _constant(storage.fingerprint, "ATTENTION_CAPTURE", "explicit-attention|v2"),
     "schema version": _constant(
@@ -98,7 +98,7 @@ def test_changing_an_input_of_the_key_never_hits_the_old_store(
 ) -> None:
     import shutil
 
-    from generalad.datasets import get_dataset
+    from generalad.data import get_dataset
 
     data_root, store_root, base_url = built
     data = tmp_path / "mvtec"
@@ -124,7 +124,7 @@ def test_another_weights_file_content_moves_the_key(tmp_path, adapter) -> None:
 
 def test_a_new_schema_version_re_extracts_and_refuses_the_old_store(built, monkeypatch) -> None:
     data_root, store_root, base_url = built
-    from generalad.datasets import get_dataset
+    from generalad.data import get_dataset
 
     adapter = get_dataset("mvtec_ad", data_root, "bottle")
     old_values = store_values(base_url)

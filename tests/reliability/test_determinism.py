@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from generalad.experiment import run_one_class
+from generalad.apps.train_job import resolve_preset
+from generalad.method.experiment import run_one_class
 from storage.feature_store import FeatureStore
 from storage.reports import ReportStore
-from storage.train_job import resolve_preset
 from tests.reliability.conftest import extract, listening_addresses
 
 
@@ -148,7 +148,7 @@ def test_a_broken_dataset_fails_the_suite_and_writes_no_row(
     reliability_flow_env, tmp_path, monkeypatch
 ) -> None:
     from flows.reproduce import SuiteFailed, reproduce_all
-    from generalad.datasets import generate_quickstart
+    from generalad.data import generate_quickstart
 
     root = generate_quickstart(
         tmp_path / "quickstart", n_train=2, n_test_good=1, n_test_defect=3, image_size=32

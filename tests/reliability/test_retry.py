@@ -17,11 +17,11 @@ from prefect.states import Completed, Failed
 
 from flows.retry import is_transient, transient_io_only
 from generalad.backbone import BackboneSpec, load_backbone
+from generalad.data.images import open_image
 from generalad.errors import ConfigError, ImageError, StoreError, TrainingError
-from generalad.feature_source import InMemoryFeatures
-from generalad.images import open_image
-from generalad.presets import preset_for
-from generalad.training import train_discriminator
+from generalad.method.feature_source import InMemoryFeatures
+from generalad.method.presets import preset_for
+from generalad.method.training import train_discriminator
 from storage.feature_store import FeatureStore
 
 

@@ -13,17 +13,17 @@ import pytest
 import scipy.io
 import torch
 
+from generalad.apps.model_io import MODEL_WEIGHTS, ModelFileError, load_model, save_model
+from generalad.apps.train_job import resolve_preset
 from generalad.backbone import BackboneSpec, load_backbone, weights_identity
-from generalad.datasets import get_dataset
-from generalad.datasets.mvtec import MVTecADDataset
-from generalad.discriminator import Discriminator
+from generalad.data import get_dataset
+from generalad.data.mvtec import MVTecADDataset
 from generalad.errors import DatasetError, WeightsError
-from generalad.model_io import MODEL_WEIGHTS, ModelFileError, load_model, save_model
+from generalad.method.discriminator import Discriminator
 from storage.feature_store import FeatureStore
 from storage.fingerprint import fingerprint_for
 from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
-from storage.train_job import resolve_preset
 from tests.fixtures.datasets import make_aircraft, make_cars, make_mvtec
 from tests.reliability.conftest import SPEC, extract, listening_addresses, published
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from generalad.datasets.base import DatasetAdapter, OneClassSplit, Record
-from generalad.images import open_image
+from generalad.data.base import DatasetAdapter, OneClassSplit, Record
+from generalad.data.images import open_image
 
 
 class TinyAdapter(DatasetAdapter):

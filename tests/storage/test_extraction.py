@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from generalad.backbone import BackboneSpec, load_backbone
+from generalad.data.images import load_mask
+from generalad.data.preprocess import preprocess_image, preprocess_mask
 from generalad.errors import DatasetError, ImageError, StoreError
-from generalad.images import load_mask
-from generalad.preprocess import preprocess_image, preprocess_mask
 from storage import urls
 from storage.extraction import extract_features, plan_store
 from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore

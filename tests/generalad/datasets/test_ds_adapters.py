@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from generalad.datasets import (
+from generalad.data import (
     MANIFEST_COLUMNS,
     DatasetAdapter,
     check_dataset,
@@ -16,7 +16,7 @@ from generalad.datasets import (
     inspect_dataset,
     list_datasets,
 )
-from generalad.datasets.base import LABEL_BY_PROTOCOL
+from generalad.data.base import LABEL_BY_PROTOCOL
 from tests.fixtures.datasets import BUILDERS, DatasetFixture
 
 KINDS = {

@@ -1,4 +1,4 @@
-"""generalad.images: full decoding to RGB/L, conversions, and errors that name the file."""
+"""generalad.data.images: full decoding to RGB/L, conversions, and errors that name the file."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from generalad.data.images import IMAGE_EXTENSIONS, is_image_file, load_mask, open_image
 from generalad.errors import ImageError
-from generalad.images import IMAGE_EXTENSIONS, is_image_file, load_mask, open_image
 
 
 def _save(img: Image.Image, path: Path, **kwargs: object) -> Path:

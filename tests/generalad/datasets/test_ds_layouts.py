@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generalad.datasets import FolderDataset, get_dataset
-from generalad.datasets.cifar import CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES
-from generalad.datasets.pickles import load_restricted_pickle
+from generalad.data import FolderDataset, get_dataset
+from generalad.data.cifar import CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES
+from generalad.data.pickles import load_restricted_pickle
 from generalad.errors import DatasetError, ImageError
 from tests.fixtures.datasets import (
     make_aircraft,
@@ -55,7 +55,7 @@ def test_cifar_batch_decoding_is_cached_per_file(tmp_path: Path, monkeypatch) ->
     ds = get_dataset("cifar10", tmp_path)
     records = ds.records()
     calls = []
-    import generalad.datasets.cifar as cifar
+    import generalad.data.cifar as cifar
 
     real = cifar.load_restricted_pickle
     monkeypatch.setattr(cifar, "load_restricted_pickle", lambda p: calls.append(p) or real(p))

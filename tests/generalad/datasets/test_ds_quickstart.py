@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generalad.datasets import generate_quickstart, get_dataset
-from generalad.datasets.synthetic import MARKER, QUICKSTART_CATEGORIES, QUICKSTART_DEFECTS
+from generalad.data import generate_quickstart, get_dataset
+from generalad.data.synthetic import MARKER, QUICKSTART_CATEGORIES, QUICKSTART_DEFECTS
 from generalad.errors import ConfigError, DatasetError
 
 SMALL = {"n_train": 2, "n_test_good": 1, "n_test_defect": 3, "image_size": 32}
@@ -69,7 +69,7 @@ def test_default_size_layout_and_masks(tmp_path: Path) -> None:
 @pytest.mark.parametrize("defect", QUICKSTART_DEFECTS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_defect_pixels_change_only_inside_the_mask(defect: str, seed: int) -> None:
-    from generalad.datasets import synthetic
+    from generalad.data import synthetic
 
     rng = np.random.default_rng(seed)
     brick, gravel = synthetic._texture("brick", 64), synthetic._texture("gravel", 64)

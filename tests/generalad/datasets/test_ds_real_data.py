@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generalad.datasets import check_dataset, get_dataset
+from generalad.data import check_dataset, get_dataset
 
 pytestmark = pytest.mark.realdata
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from generalad.datasets import DatasetAdapter, get_dataset, get_dataset_class, list_datasets, register
-from generalad.datasets.mvtec import MVTecADDataset
+from generalad.data import DatasetAdapter, get_dataset, get_dataset_class, list_datasets, register
+from generalad.data.mvtec import MVTecADDataset
 from generalad.errors import ConfigError, DatasetError
 from tests.fixtures.datasets import make_mvtec, make_visa
 

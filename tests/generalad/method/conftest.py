@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from generalad.datasets.base import OneClassSplit
-from generalad.feature_source import InMemoryFeatures
-from generalad.presets import Preset, preset_for
+from generalad.method.feature_source import InMemoryFeatures
+from generalad.method.presets import Preset, preset_for
+from generalad.method.split import OneClassSplit
 
 NUM_PATCHES = 16
 EMBED_DIM = 8

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generalad.discriminator import Discriminator
 from generalad.errors import ConfigError
+from generalad.method.discriminator import Discriminator
 
 
 def _expected_params(n: int, e: int, mlp: int = 2048, blocks: int = 1) -> int:

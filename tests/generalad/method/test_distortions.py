@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from generalad.distortions import (
+from generalad.errors import ConfigError
+from generalad.method.distortions import (
     VIEW_NAMES,
     DistortedView,
     distortion_loss,
@@ -16,7 +17,6 @@ from generalad.distortions import (
     make_views,
     view_loss,
 )
-from generalad.errors import ConfigError
 
 B, N, E, H = 64, 12, 5, 3
 

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from generalad.datasets.base import OneClassSplit
-from generalad.distortions import make_view
 from generalad.errors import TrainingError
-from generalad.evaluation import evaluate
-from generalad.experiment import run_one_class
-from generalad.feature_source import InMemoryFeatures
-from generalad.metrics import image_auroc
-from generalad.presets import preset_for
-from generalad.scoring import image_scores, patch_logits
-from generalad.training import build_discriminator
+from generalad.method.distortions import make_view
+from generalad.method.evaluation import evaluate
+from generalad.method.experiment import run_one_class
+from generalad.method.feature_source import InMemoryFeatures
+from generalad.method.metrics import image_auroc
+from generalad.method.presets import preset_for
+from generalad.method.scoring import image_scores, patch_logits
+from generalad.method.split import OneClassSplit
+from generalad.method.training import build_discriminator
 
 
 def _masks(n: int, size: int, labels: np.ndarray) -> np.ndarray:

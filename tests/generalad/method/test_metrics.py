@@ -8,7 +8,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from generalad.errors import TrainingError
-from generalad.metrics import aupro, average_precision, f1_max, image_auroc, pixel_auroc
+from generalad.method.metrics import aupro, average_precision, f1_max, image_auroc, pixel_auroc
 
 
 def test_image_metrics_match_sklearn_and_brute_force():

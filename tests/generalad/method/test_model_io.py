@@ -9,18 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-from generalad.errors import ConfigError
-from generalad.evaluation import evaluate
-from generalad.experiment import metric_rows, run_one_class
-from generalad.model_io import (
+from generalad.apps.model_io import (
     ModelFileError,
     load_model,
     save_model,
     write_evaluation_outputs,
     write_run_outputs,
 )
-from generalad.scoring import patch_logits
-from generalad.training import build_discriminator
+from generalad.errors import ConfigError
+from generalad.method.evaluation import evaluate
+from generalad.method.experiment import metric_rows, run_one_class
+from generalad.method.scoring import patch_logits
+from generalad.method.training import build_discriminator
 
 
 def test_round_trip_gives_identical_logits(tmp_path, tiny_source, tiny_preset):

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from generalad.errors import ConfigError
-from generalad.presets import PRESETS, Preset, preset_for
+from generalad.method.presets import PRESETS, Preset, preset_for
 
 DATASETS = [
     "cifar10",

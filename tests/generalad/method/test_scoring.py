@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from generalad.discriminator import Discriminator
 from generalad.errors import ConfigError
-from generalad.scoring import (
+from generalad.method.discriminator import Discriminator
+from generalad.method.scoring import (
     anomaly_maps,
     blur_params,
     gaussian_blur,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from generalad.discriminator import Discriminator
 from generalad.errors import ConfigError, TrainingError
-from generalad.feature_source import FeatureSource, InMemoryFeatures
-from generalad.training import (
+from generalad.method.discriminator import Discriminator
+from generalad.method.feature_source import FeatureSource, InMemoryFeatures
+from generalad.method.training import (
     build_discriminator,
     effective_batch_size,
     epoch_batches,

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from generalad.predict import load_predictor, score_images
+from generalad.apps.predict import load_predictor, score_images
 from tests.generalad.practitioner.conftest import run_cli
 
 EPOCHS = 10

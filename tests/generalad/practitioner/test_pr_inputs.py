@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generalad.errors import ConfigError, DatasetError
-from generalad.fit_folder import folder_dataset
-from generalad.predict import (
+from generalad.apps.fit_folder import folder_dataset
+from generalad.apps.predict import (
     ModelMismatchError,
     _output_names,
     backbone_spec_for_model,
     collect_images,
     threshold_from_scores,
 )
-from generalad.staging import staged_dir
+from generalad.apps.staging import staged_dir
+from generalad.errors import ConfigError, DatasetError
 
 
 def _png(path, size=(8, 6)):
@@ -178,7 +178,7 @@ def test_folder_dataset_from_an_mvtec_like_root(tmp_path):
 def test_grid_rows_show_top_scoring_normals_and_every_defect_type_in_turn():
     import pandas as pd
 
-    from generalad.fit_folder import grid_rows
+    from generalad.apps.fit_folder import grid_rows
 
     defects = ["good"] * 10 + ["crack"] * 5 + ["dent"] * 5 + ["hole"] * 5
     manifest = pd.DataFrame({"defect_type": defects})

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from generalad.errors import ConfigError
-from generalad.visualize import (
+from generalad.apps.visualize import (
     HEAT_COLORS,
     colorize,
     line_plot,
@@ -26,6 +25,7 @@ from generalad.visualize import (
     sweep_table,
     write_sweep_plots,
 )
+from generalad.errors import ConfigError
 
 
 def test_colour_table_runs_from_blue_to_red_and_clips():

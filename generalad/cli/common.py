@@ -1,0 +1,42 @@
+"""Options and helpers shared by the command groups of `generalad`."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_backbone_options", "print_metrics", "refuse_existing"]
+
+
+def add_backbone_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", default="vit_small_patch14_dinov2", help="timm DINOv2 model name")
+    group.add_argument(
+        "--weights",
+        default="hub",
+        help="'hub' (timm/Hugging Face hub or its local cache), 'random' (explicit random init, offline smoke "
+        "runs), or a local .safetensors/.pth file",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the random init (--weights random)")
+    group.add_argument(
+        "--image-size", type=int, default=518, help="input side, a multiple of 14 (default 518)"
+    )
+    group.add_argument(
+        "--layers", type=int, nargs="+", default=[-1], help="blocks whose tokens are kept (default: the last)"
+    )
+    group.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype"
+    )
+    group.add_argument("--batch-size", type=int, default=8, help="backbone batch size")
+    group.add_argument("--device", default="cpu", help="torch device for the backbone (cpu, cuda, ...)")
+
+
+def print_metrics(rows: list[dict]) -> None:
+    print(f"{'selection':<14}{'epoch':>6}  {'metric':<14}{'value':>9}")
+    for row in rows:
+        print(f"{row['selection']:<14}{row['epoch']:>6}  {row['metric']:<14}{row['value']:>9.4f}")
+
+
+def refuse_existing(out: str, overwrite: bool) -> None:
+    from generalad.apps.staging import refuse_existing as refuse
+
+    refuse(out, overwrite)  # checked before any work, not only when writing

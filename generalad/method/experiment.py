@@ -1,0 +1,220 @@
+"""One one-class experiment: train a discriminator on a split's normal rows, evaluate it, collect the results.
+
+Model selection (METHOD.md section 4): ``last`` is the model after the final epoch (the honest protocol).
+With ``eval_every_epoch=True`` the test set is scored after every epoch and ``best_on_test`` is the epoch with
+the highest image AUROC (the earliest on ties), which is the reference's oracle selection; both come from the
+same training run. Without ``eval_every_epoch`` only ``last`` is produced: choosing an epoch on the test set
+needs the per-epoch scores. Per-epoch evaluation keeps only logits; pixel metrics are computed once per
+reported selection. Evaluating every epoch does not change training (the RNG state is preserved).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from generalad.errors import TrainingError
+from generalad.method.discriminator import Discriminator
+from generalad.method.evaluation import Evaluation, evaluate_logits
+from generalad.method.feature_source import FeatureSource
+from generalad.method.presets import Preset
+from generalad.method.scoring import patch_logits
+from generalad.method.split import OneClassSplit
+from generalad.method.training import fewshot_rows, train_discriminator
+
+__all__ = ["Selection", "RunResult", "run_one_class", "metric_rows"]
+
+Selection = Literal["last", "best_on_test"]
+
+
+@dataclass
+class RunResult:
+    """Everything one experiment produced.
+
+    Attributes:
+        model: the discriminator after the last epoch (eval mode).
+        preset: the settings used (``epochs`` already overridden when asked).
+        seed: the run's seed.
+        shots: few-shot size, or None for the full training set.
+        normal_class: the split's normal class.
+        train_rows: the rows trained on (the few-shot sample when ``shots`` is set).
+        batch_size: images per step actually used.
+        scores: per-image scores of the ``last`` selection: row, score, label.
+        metrics: metric rows (metric, value, selection, epoch, n_test, n_anomalous, image_size).
+        evaluations: selection -> Evaluation ("last", plus "best_on_test" with per-epoch evaluation).
+        epoch_metrics: per-epoch image metrics (epoch, image_auroc, image_ap, image_f1_max) when evaluated
+            every epoch, else [].
+        history: the training history (loss per epoch, lr, ...).
+        train_seconds: training time, per-epoch evaluation excluded.
+        eval_seconds: evaluation time, per-epoch evaluation included.
+    """
+
+    model: Discriminator
+    preset: Preset
+    seed: int
+    shots: int | None
+    normal_class: str
+    train_rows: np.ndarray
+    batch_size: int
+    scores: pd.DataFrame
+    metrics: list[dict[str, Any]]
+    evaluations: dict[str, Evaluation]
+    epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return self.preset.epochs
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The ``best_on_test`` epoch, None when the run was not evaluated every epoch."""
+        return self.selection_epochs.get("best_on_test")
+
+    @property
+    def selection_epochs(self) -> dict[str, int]:
+        return {row["selection"]: row["epoch"] for row in self.metrics}
+
+
+def metric_rows(evaluation: Evaluation, *, selection: Selection, epoch: int) -> list[dict[str, Any]]:
+    """Long-format rows of one evaluation: one dict per metric."""
+    n_anomalous = int((evaluation.labels != 0).sum())
+    return [
+        {
+            "metric": name,
+            "value": float(value),
+            "selection": selection,
+            "epoch": int(epoch),
+            "n_test": len(evaluation.labels),
+            "n_anomalous": n_anomalous,
+            "image_size": evaluation.image_size if name in ("pixel_auroc", "aupro") else None,
+        }
+        for name, value in evaluation.metrics.items()
+    ]
+
+
+def _check_test_labels(split: OneClassSplit) -> None:
+    labels = np.asarray(split.test_labels)
+    n_anomalous = int((labels != 0).sum())
+    n_normal = len(labels) - n_anomalous
+    if n_anomalous == 0 or n_normal == 0:
+        raise TrainingError(
+            f"class {split.normal_class!r}: the test split has {n_normal} normal and {n_anomalous} anomalous "
+            "images; AUROC undefined"
+        )
+
+
+def run_one_class(
+    source: FeatureSource,
+    split: OneClassSplit,
+    preset: Preset,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    shots: int | None = None,
+    eval_every_epoch: bool = False,
+    masks: np.ndarray | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> RunResult:
+    """Train on ``split.train_rows`` (or a ``shots``-image sample of them), evaluate on ``split.test_rows``.
+
+    Args:
+        source: features of every row of the split.
+        split: the one-class split.
+        preset: training and scoring settings.
+        seed: training seed, also the few-shot sampling seed.
+        epochs: overrides ``preset.epochs``.
+        shots: train on a seeded random sample of this many normal images.
+        eval_every_epoch: score the test set after every epoch and also report ``best_on_test``.
+        masks: ground truth (n_test, S, S) aligned with ``split.test_rows``: adds pixel_auroc and aupro.
+        image_size: S for the pixel metrics (defaults to the masks' size).
+        progress: show a progress bar while training.
+        device: training and scoring device.
+
+    Raises:
+        TrainingError: the test split lacks normal or anomalous images (checked before training), or training
+            failed.
+    """
+    _check_test_labels(split)
+    if epochs is not None:
+        preset = preset.with_overrides(epochs=epochs)
+    train_rows = np.asarray(split.train_rows, dtype=np.int64)
+    if shots is not None:
+        train_rows = fewshot_rows(train_rows, shots, seed)
+
+    epoch_metrics: list[dict[str, Any]] = []
+    tracked: dict[str, Any] = {
+        "best_auroc": -np.inf,
+        "best_epoch": None,
+        "best_logits": None,
+        "last_logits": None,
+    }
+    eval_seconds = 0.0
+
+    def on_epoch_end(epoch: int, model: Discriminator) -> None:
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        logits = patch_logits(model, source, split.test_rows)
+        image_eval = evaluate_logits(logits, split, top_k=preset.top_k)
+        epoch_metrics.append({"epoch": epoch, **image_eval.metrics})
+        if image_eval.metrics["image_auroc"] > tracked["best_auroc"]:
+            tracked.update(best_auroc=image_eval.metrics["image_auroc"], best_epoch=epoch, best_logits=logits)
+        tracked["last_logits"] = logits
+        eval_seconds += time.perf_counter() - start
+
+    trained = train_discriminator(
+        source,
+        train_rows,
+        preset,
+        seed=seed,
+        device=device,
+        on_epoch_end=on_epoch_end if eval_every_epoch else None,
+        progress=progress,
+    )
+
+    epoch_eval_seconds = eval_seconds
+    start = time.perf_counter()
+    last_logits = tracked["last_logits"]
+    if last_logits is None:
+        last_logits = patch_logits(trained.model, source, split.test_rows)
+    evaluations = {
+        "last": evaluate_logits(last_logits, split, top_k=preset.top_k, masks=masks, image_size=image_size)
+    }
+    rows = metric_rows(evaluations["last"], selection="last", epoch=preset.epochs)
+    if eval_every_epoch:
+        best_epoch = tracked["best_epoch"]
+        if best_epoch == preset.epochs:
+            best = evaluations["last"]
+        else:
+            best = evaluate_logits(
+                tracked["best_logits"], split, top_k=preset.top_k, masks=masks, image_size=image_size
+            )
+        evaluations["best_on_test"] = best
+        rows += metric_rows(best, selection="best_on_test", epoch=best_epoch)
+    eval_seconds += time.perf_counter() - start
+
+    return RunResult(
+        model=trained.model,
+        preset=preset,
+        seed=seed,
+        shots=shots,
+        normal_class=split.normal_class,
+        train_rows=train_rows,
+        batch_size=trained.batch_size,
+        scores=evaluations["last"].scores_frame(),
+        metrics=rows,
+        evaluations=evaluations,
+        epoch_metrics=epoch_metrics,
+        history=trained.history,
+        train_seconds=trained.seconds - epoch_eval_seconds,
+        eval_seconds=eval_seconds,
+    )
