@@ -7,7 +7,7 @@ tokens; speed does not depend on the values):
    float32 (TF32 off), float32 with TF32 matmuls, and float16 / bfloat16 autocast; for the half types, how far
    the tokens are from float32: max and mean absolute difference, and the cosine similarity per token (mean and
    minimum), plus the same for the CLS attention maps. These are what decides whether a half-precision store can
-   keep image AUROC within 0.001 (METHOD.md section 1 asks for a parity test before such a default).
+   keep image AUROC within 0.001 (docs/method.md section 1 asks for a parity test before such a default).
 2. **Full extraction path** for ViT-S: `storage.extraction.extract_features` with ``device=DEVICE`` on a
    generated 1024 x 1024 PNG category (decode and resize run on the CPU in one background thread), against the
    forward alone: on a GPU the CPU-side decode is the likely limit.

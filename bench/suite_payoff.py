@@ -33,7 +33,7 @@ the executed run's own extraction rate is printed beside ``ext`` for comparison.
 
 i.e. the reference pays the extraction pipeline's per-image cost (decode + forward) for every image it feeds
 the discriminator. The same formula predicts the executed run, printed beside the measured wall time (the gap
-is the fixed costs the formula leaves out). Protocol (METHOD.md section 4): grid 264 training / 78 test images,
+is the fixed costs the formula leaves out). Protocol (docs/method.md section 4): grid 264 training / 78 test images,
 160 epochs of 16 steps (256 images, drop_last); CIFAR-10 20 epochs of 15 steps (250 images drawn, 240 used),
 10,000 test images, and a store holding the whole dataset (60,000 images) although only two classes train from
 it. The all-ten-classes CIFAR-10 figure is printed too (information).

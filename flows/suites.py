@@ -244,7 +244,7 @@ SUITES: Mapping[str, Suite] = MappingProxyType(
         "fig4": Suite(
             "fig4",
             "Paper Fig. 4: noise sigma sweep and top-K sweep with ViT-B (assumed; the paper's figure backbone is not "
-            "restated in METHOD.md) on CIFAR-10, FGVC-Aircraft, MVTec-AD, MVTec-LOCO.",
+            "restated in docs/method.md) on CIFAR-10, FGVC-Aircraft, MVTec-AD, MVTec-LOCO.",
             tuple(
                 SuiteEntry(dataset=d, backbone=_VIT_B, sigma=s, label=f"sigma={s:g}")
                 for d in _REPRESENTATIVE

@@ -1,5 +1,5 @@
 """The frozen DINOv2 backbone: weights from the hub, a local file or an explicit random init; patch tokens and
-CLS-to-patch attention per image (METHOD.md section 1).
+CLS-to-patch attention per image (docs/method.md section 1).
 
 Example:
     >>> spec = BackboneSpec(name="vit_small_patch14_dinov2", weights="random", image_size=112)

@@ -1,4 +1,4 @@
-"""The feature-store key: a hash of everything that changes the stored bytes (DESIGN.md "Feature store")."""
+"""The feature-store key: a hash of everything that changes the stored bytes (docs/design.md "Feature store")."""
 
 from __future__ import annotations
 

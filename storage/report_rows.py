@@ -1,4 +1,4 @@
-"""Turning one experiment's results into report rows with full provenance (DESIGN.md "Reports")."""
+"""Turning one experiment's results into report rows with full provenance (docs/design.md "Reports")."""
 
 from __future__ import annotations
 

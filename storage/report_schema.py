@@ -1,6 +1,6 @@
 """The schema of the Parquet reports: one row per metric value, and one row per image score.
 
-Metric rows are long format (DESIGN.md "Reports"): one row per (run, class, selection, metric), the value exactly
+Metric rows are long format (docs/design.md "Reports"): one row per (run, class, selection, metric), the value exactly
 as computed (never rounded), never an aggregate over classes. A failed class task is a row too (`status="failed"`,
 `value=None`, `error` says why), so a report always names what is missing.
 
@@ -67,7 +67,7 @@ Status = Literal["ok", "failed"]
 SELECTIONS: tuple[str, ...] = ("last", "best_on_test")
 STATUSES: tuple[str, ...] = ("ok", "failed")
 
-# metric name -> the implementation recorded by default (METHOD.md section 5). The reference's non-standard AUPRO
+# metric name -> the implementation recorded by default (docs/method.md section 5). The reference's non-standard AUPRO
 # has its own name so it can never be averaged with the MVTec one.
 METRIC_IMPLS: dict[str, str] = {
     "image_auroc": "sklearn.roc_auc_score",
@@ -81,7 +81,7 @@ METRIC_IMPLS: dict[str, str] = {
 }
 METRICS: tuple[str, ...] = tuple(METRIC_IMPLS)
 
-# the distortion views of METHOD.md section 2
+# the distortion views of docs/method.md section 2
 VIEWS: tuple[str, ...] = (
     "clean",
     "noise_all",
@@ -329,7 +329,7 @@ class MetricRow:
     """One metric value of one class of one run; see METRIC_SCHEMA for the column types.
 
     Required: run_id, dataset, backbone, weights, views, epochs, top_k, class_name, metric, and value (None only
-    when status is "failed"). Defaults follow METHOD.md (lr 5e-4, sigma 0.25, seed 0, 518 px, last layer, fp16
+    when status is "failed"). Defaults follow docs/method.md (lr 5e-4, sigma 0.25, seed 0, 518 px, last layer, fp16
     features). Left as None, `generalad_version`/`torch_version`/`timm_version`/`git_sha` are read from this
     environment, `pretrained` follows `weights` (False for `random:`), `metric_impl` follows `metric`, and
     `config_hash` hashes the configuration columns. Invalid values raise ValueError naming the field.

@@ -1,4 +1,4 @@
-"""The published GeneralAD numbers (METHOD.md section 7) as data, with small lookups.
+"""The published GeneralAD numbers (docs/method.md section 7) as data, with small lookups.
 
 All values are percentages as printed in the paper, averages of per-class runs under `best_on_test` selection
 with pretrained DINOv2 weights (`lvd142m`). Dataset keys are the dataset registry names; backbone sizes are

@@ -4,7 +4,7 @@ Layout (the root may hold `fgvc-aircraft-2013b/` or be it): `data/images/<id>.jp
 variant name a line, 100 lines), `data/images_variant_train.txt` and `data/images_variant_test.txt` (lines
 `<id> <variant name, may contain spaces>`).
 
-Protocol (METHOD.md section 6): the paper lists ten normal classes as indices {91, 96, 59, 19, 37, 45, 90, 68, 74,
+Protocol (docs/method.md section 6): the paper lists ten normal classes as indices {91, 96, 59, 19, 37, 45, 90, 68, 74,
 89}. We read them as 0-based positions in the line order of `data/variants.txt` (the order the authors' loader
 enumerates the variant names in). Training uses the `train` split (not `trainval`). For normal variant v:
 train = v's training images; test = v's test images (label 0) plus only the test images of the other nine listed

@@ -1,7 +1,7 @@
 """The dataset-adapter interface and the manifest every adapter produces.
 
 An adapter turns a dataset root in its official on-disk layout into a deterministic list of `Record`s
-(the manifest), decodes single images, and knows the dataset's one-class protocol (METHOD.md section 6).
+(the manifest), decodes single images, and knows the dataset's one-class protocol (docs/method.md section 6).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class DatasetAdapter(ABC):
 
     @abstractmethod
     def one_class_split(self, manifest: pd.DataFrame, normal_class: str) -> OneClassSplit:
-        """Train/test rows and test labels of the protocol with `normal_class` as normal (METHOD.md section 6)."""
+        """Train/test rows and test labels of the protocol with `normal_class` as normal (docs/method.md section 6)."""
 
     def categories(self) -> list[str]:
         """Categories available under the root (industrial datasets); [] when the dataset has none."""

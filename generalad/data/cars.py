@@ -4,7 +4,7 @@ Layout: `cars_train/*.jpg`, `cars_test/*.jpg`, `devkit/cars_train_annos.mat`, `d
 names) and the test labels `cars_test_annos_withlabels.mat` (in `devkit/` or in the root). Each annotation has
 `fname` and a 1-based `class`.
 
-Protocol (METHOD.md section 6): normal classes are the class ids "1".."20"; train = the ~41 training images of
+Protocol (docs/method.md section 6): normal classes are the class ids "1".."20"; train = the ~41 training images of
 class c, test = every test image, the 195 other classes anomalous. Records carry the 1-based class id as a string
 (`class_name` "7"); the human-readable name is `class_title("7")`. Training images of classes 21..196 are never
 a training set, so the manifest leaves them out; all 8,041 test images are in it.

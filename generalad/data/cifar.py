@@ -7,7 +7,7 @@ Layouts (the root may hold the batch folder or be it):
   superclass with the standard table) or by a superclass.
 When both a batch folder and `train/`/`test/` folders exist, the batches are used.
 
-Protocol (METHOD.md section 6): train = the training images of the normal class, test = every test image,
+Protocol (docs/method.md section 6): train = the training images of the normal class, test = every test image,
 label 1 for every other class. Batch records have `rel_path` = the batch file and
 `image_id` = f"{rel_path}#{index:05d}"; the decoded arrays are cached per file.
 """

@@ -1,4 +1,4 @@
-"""Image and mask preprocessing, exactly as METHOD.md section 1 and 5 describe.
+"""Image and mask preprocessing, exactly as docs/method.md section 1 and 5 describe.
 
 Images: resize to S x S with PIL LANCZOS (aspect ratio not kept, no crop), greyscale to 3 channels, scale to
 [0, 1], normalise with the ImageNet mean/std. Masks: resize to the evaluation resolution with LANCZOS and
@@ -49,7 +49,7 @@ def check_image_size(image_size: int) -> int:
 def preprocess_image(image: Image.Image, image_size: int) -> torch.Tensor:
     """A decoded PIL image as a normalised float32 tensor (3, S, S)."""
     resized = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    # Greyscale becomes 3 channels after the resize (METHOD.md: FMNIST "greyscale -> 3 channels after resize").
+    # Greyscale becomes 3 channels after the resize (docs/method.md: FMNIST "greyscale -> 3 channels after resize").
     if resized.mode != "RGB":
         resized = resized.convert("RGB")
     array = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0

@@ -1,4 +1,4 @@
-"""The cross-patch attention discriminator (METHOD.md section 3): patch features in, one logit per patch out.
+"""The cross-patch attention discriminator (docs/method.md section 3): patch features in, one logit per patch out.
 
 Architecture (defaults are the paper's)::
 

@@ -1,4 +1,4 @@
-"""Self-supervised anomaly feature generation: the seven views and their loss (METHOD.md section 2).
+"""Self-supervised anomaly feature generation: the seven views and their loss (docs/method.md section 2).
 
 Every view takes a batch of clean patch features ``(B, N, E)`` and returns distorted features plus one
 label per patch (1 = distorted). All randomness comes from one ``torch.Generator`` that must live on the

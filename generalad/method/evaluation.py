@@ -1,4 +1,4 @@
-"""Evaluate a discriminator on the test rows of a one-class split (METHOD.md section 5).
+"""Evaluate a discriminator on the test rows of a one-class split (docs/method.md section 5).
 
 ``evaluate`` = ``patch_logits`` (batched, eval mode) + ``evaluate_logits``. The logits (n_test, N) are all an
 evaluation needs, so a caller that evaluates every epoch can keep the logits of the best epoch and compute the

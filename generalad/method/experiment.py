@@ -1,6 +1,6 @@
 """One one-class experiment: train a discriminator on a split's normal rows, evaluate it, collect the results.
 
-Model selection (METHOD.md section 4): ``last`` is the model after the final epoch (the honest protocol).
+Model selection (docs/method.md section 4): ``last`` is the model after the final epoch (the honest protocol).
 With ``eval_every_epoch=True`` the test set is scored after every epoch and ``best_on_test`` is the epoch with
 the highest image AUROC (the earliest on ties), which is the reference's oracle selection; both come from the
 same training run. Without ``eval_every_epoch`` only ``last`` is produced: choosing an epoch on the test set

@@ -1,4 +1,4 @@
-"""Image and pixel metrics (METHOD.md section 5). Anomalous = 1; values are never rounded.
+"""Image and pixel metrics (docs/method.md section 5). Anomalous = 1; values are never rounded.
 
 - ``image_auroc``, ``average_precision``: scikit-learn ``roc_auc_score`` / ``average_precision_score``.
 - ``f1_max``: the largest F1 over every threshold of ``precision_recall_curve``.

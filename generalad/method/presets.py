@@ -1,4 +1,4 @@
-"""The one table of per-dataset training and scoring settings (METHOD.md sections 2, 4 and 5).
+"""The one table of per-dataset training and scoring settings (docs/method.md sections 2, 4 and 5).
 
 Keys are the dataset registry names. ``folder`` (a user's own images) and ``quickstart`` use the industrial
 settings.
@@ -41,7 +41,7 @@ class Preset:
     Attributes:
         name: the preset's key (the dataset name it was made for).
         kind: the dataset family the settings come from.
-        views: active distortion views (METHOD.md section 2).
+        views: active distortion views (docs/method.md section 2).
         top_k: image score = mean of the top-k patch logits; None means all N patches (a plain mean).
         epochs: training epochs.
         epoch_subset: images drawn without replacement for each epoch (a new draw every epoch); None = the

@@ -1,4 +1,4 @@
-"""From discriminator logits to image scores and pixel maps (METHOD.md section 5).
+"""From discriminator logits to image scores and pixel maps (docs/method.md section 5).
 
 - Patch scores: logits on clean features, eval mode, no sigmoid.
 - Image score: mean of the top-K patch logits (K = N, a plain mean, when ``top_k`` is None).

@@ -1,4 +1,4 @@
-"""Training the discriminator on any `FeatureSource` (METHOD.md section 4).
+"""Training the discriminator on any `FeatureSource` (docs/method.md section 4).
 
 One run: AdamW (lr 5e-4, weight decay 1e-5, default betas) on the discriminator only, cosine annealing stepped
 once per epoch from ``lr`` to ``lr_min_factor * lr`` with ``T_max = epochs`` and no warm-up, batches of 16

@@ -1,4 +1,4 @@
-"""The published numbers in generalad.apps.paper match METHOD.md section 7."""
+"""The published numbers in generalad.apps.paper match docs/method.md section 7."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 
 from generalad.apps import paper
 
-METHOD_MD = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "METHOD.md"
+METHOD_MD = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "docs/method.md"
 
 
 def test_spot_checks():
-    # values copied by hand from METHOD.md section 7
+    # values copied by hand from docs/method.md section 7
     assert paper.image_auroc("cifar10", "vit_small_patch14_dinov2") == 97.7
     assert paper.image_auroc("cars", "vit_large_patch14_dinov2.lvd142m") == 87.3
     assert paper.image_auroc("mvtec_loco", "B") == 84.7

@@ -21,7 +21,7 @@ def _expected_params(n: int, e: int, mlp: int = 2048, blocks: int = 1) -> int:
 def test_parameter_count_at_vit_large_shapes():
     model = Discriminator(1369, 1024)
     count = sum(p.numel() for p in model.parameters())
-    assert count == _expected_params(1369, 1024) == 9_800_704  # "about 9.8 M" (METHOD.md section 3)
+    assert count == _expected_params(1369, 1024) == 9_800_704  # "about 9.8 M" (docs/method.md section 3)
 
 
 def test_parameter_count_scales_with_blocks():
