@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger, task
 from flows.retry import transient_io_only
 from generalad.backbone import BackboneSpec, resolve_weights
 from generalad.data import get_dataset
+from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE, default_store_root
 from storage.extraction import extract_features
 
 __all__ = ["extract_store", "extract_features_flow"]
@@ -21,10 +22,10 @@ def extract_store(
     backbone: str,
     weights: str,
     seed: int = 0,
-    image_size: int = 518,
+    image_size: int = IMAGE_SIZE,
     layers: tuple[int, ...] = (-1,),
     dtype: str = "float16",
-    store: str = "stores",
+    store: str,
 ) -> dict:
     """Extract (or find complete) the store of one dataset/category; returns its URL and the work it took."""
     spec = BackboneSpec(
@@ -52,18 +53,18 @@ def extract_features_flow(
     dataset: str,
     root: str,
     category: str | None = None,
-    backbone: str = "vit_small_patch14_dinov2",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str = "auto",
     seed: int = 0,
-    image_size: int = 518,
+    image_size: int = IMAGE_SIZE,
     layers: list[int] = [-1],  # noqa: B006 - Prefect parameters need a JSON default
     dtype: str = "float16",
-    store: str = "stores",
+    store: str | None = None,
 ) -> str:
     """Extract one dataset (or one category of it) into `store`; returns the store URL.
 
     `weights`: "auto" (pretrained when the hub weights are cached or reachable, else an explicit random init),
-    "hub", "random", or a weights file.
+    "hub", "random", or a weights file. `store`: default `$GENERALAD_STORE`, else `./stores`.
     """
     return extract_store(
         dataset,
@@ -75,7 +76,7 @@ def extract_features_flow(
         image_size=image_size,
         layers=tuple(layers),
         dtype=dtype,
-        store=store,
+        store=store or default_store_root(),
     )["url"]
 
 

@@ -34,6 +34,7 @@ from generalad.apps.report_tables import render_table
 from generalad.apps.visualize import markdown_images, sweep_plots
 from generalad.backbone import resolve_weights
 from generalad.data import generate_quickstart, get_dataset_class
+from generalad.defaults import default_reports_root, default_store_root
 from storage.feature_store import FeatureStore
 from storage.report_schema import redact
 from storage.reports import ReportStore
@@ -62,8 +63,8 @@ def default_data_home() -> Path:
 @flow(name="reproduce-all")
 def reproduce_all(
     suite: str = "quickstart",
-    reports: str = "reports",
-    store: str = "stores",
+    reports: str | None = None,
+    store: str | None = None,
     weights: str = "auto",
     config: str | None = None,
     dask_address: str | None = None,
@@ -75,8 +76,8 @@ def reproduce_all(
 
     Args:
         suite: a suite name (`flows.suites.list_suites()`): table1..table5, fig4, quickstart, smoke.
-        reports: report store URL (local path or fsspec URL).
-        store: feature store root (local path or fsspec URL).
+        reports: report store URL (local path or fsspec URL); default `$GENERALAD_REPORTS`, else `./reports`.
+        store: feature store root (local path or fsspec URL); default `$GENERALAD_STORE`, else `./stores`.
         weights: backbone weights for entries that do not fix them: "auto" (pretrained when the hub weights are
             cached or reachable, else an explicit random init), "hub", "random", or a weights file.
         config: dataset-roots TOML (default `generalad.toml` / `$GENERALAD_CONFIG`; `GENERALAD_DATA_<NAME>`).
@@ -96,6 +97,7 @@ def reproduce_all(
     logger = get_run_logger()
     the_suite = get_suite(suite)
     run_id = run_id or new_run_id(the_suite.name)
+    reports, store = reports or default_reports_root(), store or default_store_root()
 
     # 1. datasets
     roots, missing = _resolve_datasets(the_suite, config)

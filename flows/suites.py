@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from generalad.defaults import IMAGE_SIZE
 from generalad.errors import ConfigError
 
 __all__ = [
@@ -128,7 +129,7 @@ class SuiteEntry:
     dataset: str
     categories: tuple[str, ...] | None = None
     backbone: str = PAPER_BACKBONES[0]
-    image_size: int = 518
+    image_size: int = IMAGE_SIZE
     views: tuple[str, ...] | None = None
     sigma: float | None = None
     top_k: int | None = None

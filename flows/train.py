@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 
 from flows.retry import transient_io_only
 from generalad.apps.train_job import resolve_preset, train_from_store
+from generalad.defaults import default_reports_root
 from generalad.errors import GeneralADError
 from storage.feature_store import FeatureStore
 from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
@@ -155,7 +156,7 @@ def train_class_flow(
     shots: int | None = None,
     epochs: int | None = None,
     eval_every_epoch: bool = True,
-    reports: str = "reports",
+    reports: str | None = None,
     run_id: str | None = None,
 ) -> dict:
     """Train one class from an existing store and append its rows to the report store.
@@ -165,6 +166,7 @@ def train_class_flow(
     from flows.runtime import new_run_id
 
     run_id = run_id or new_run_id(f"train-{class_name}")
+    reports = reports or default_reports_root()
     job = ClassJob(store, class_name, seed, shots, {"epochs": epochs} if epochs else {}, eval_every_epoch)
     try:
         result = train_class(job, run_id=run_id, torch_threads=torch.get_num_threads())

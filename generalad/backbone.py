@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from generalad.data.preprocess import PATCH_SIZE, check_image_size
+from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE, WeightsSource
 from generalad.errors import ConfigError, WeightsError
 
 __all__ = ["BackboneSpec", "Backbone", "load_backbone", "weights_identity", "SUPPORTED_BACKBONES"]
@@ -48,10 +49,10 @@ class BackboneSpec:
             tests that must exercise the blocks use 1.0.
     """
 
-    name: str = "vit_small_patch14_dinov2"
+    name: str = DEFAULT_BACKBONE
     weights: str = "hub"
     seed: int = 0
-    image_size: int = 518
+    image_size: int = IMAGE_SIZE
     layers: tuple[int, ...] = (-1,)
     init_values: float | None = None
     _arch: str = field(init=False, repr=False, compare=False, default="")
@@ -95,15 +96,19 @@ def _file_sha256(path: Path) -> str:
 
 def weights_identity(spec: BackboneSpec) -> str:
     """A string that changes whenever the weights' values change: `hub:<repo>`, `file:sha256:<hex>`, `random:<seed>`."""
+    return weights_source(spec).format()
+
+
+def weights_source(spec: BackboneSpec) -> WeightsSource:
+    """The spec's weights as a `WeightsSource` (a file's sha256 is computed here)."""
     if spec.weights == "random":
-        suffix = "" if spec.init_values is None else f":init_values={spec.init_values:g}"
-        return f"random:{spec.seed}{suffix}"
+        return WeightsSource(kind="random", seed=spec.seed, init_values=spec.init_values)
     if spec.weights == "hub":
-        return f"hub:{_hub_id(spec.name)}"
+        return WeightsSource(kind="hub", repo=_hub_id(spec.name))
     path = Path(spec.weights)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    return f"file:sha256:{_file_sha256(path)}"
+    return WeightsSource(kind="file", sha256=_file_sha256(path))
 
 
 def _hub_unreachable_message(repo: str, reason: str) -> str:

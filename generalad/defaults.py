@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from generalad.errors import ConfigError
 
@@ -26,6 +26,7 @@ __all__ = [
     "default_store_root",
     "default_reports_root",
     "VIEW_NAMES",
+    "ViewName",
     "SELECTIONS",
     "WeightsKind",
     "WeightsSource",
@@ -54,7 +55,7 @@ def default_reports_root() -> str:
 
 
 # docs/method.md section 2: the seven distortion views, in the order the paper lists them
-VIEW_NAMES: tuple[str, ...] = (
+ViewName = Literal[
     "clean",
     "noise_all",
     "noise_random",
@@ -62,7 +63,8 @@ VIEW_NAMES: tuple[str, ...] = (
     "attention_shuffle",
     "copy_out",
     "random_shuffle",
-)
+]
+VIEW_NAMES: tuple[ViewName, ...] = get_args(ViewName)
 
 # docs/method.md section 4: `last` (honest), `best_on_test` (the reference's oracle selection on image AUROC)
 SELECTIONS: tuple[str, ...] = ("last", "best_on_test")

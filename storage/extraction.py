@@ -7,15 +7,14 @@ marked done are skipped, so a killed run resumes where it stopped; a complete st
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -79,12 +78,9 @@ def _writer_lock(url: str) -> Iterator[None]:
         return
     lock_path = Path(url + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    # filelock: the OS lock of each platform (flock on POSIX, msvcrt on Windows), released if the holder dies
+    with filelock.FileLock(lock_path):
+        yield
 
 
 def _complete(url: str, fingerprint: StoreFingerprint) -> bool:
@@ -225,8 +221,3 @@ def _record(row) -> Record:
         defect_type=row.defect_type,
         mask_paths=tuple(row.mask_paths),
     )
-
-
-def default_store_root() -> str:
-    """`$GENERALAD_STORE`, else `./stores`."""
-    return os.environ.get("GENERALAD_STORE", "stores")

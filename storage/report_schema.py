@@ -34,6 +34,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from generalad.defaults import SELECTIONS as _SELECTIONS
+from generalad.defaults import VIEW_NAMES, WeightsSource
+from generalad.errors import ConfigError
+
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "METRIC_SCHEMA",
@@ -64,7 +68,7 @@ REPORT_SCHEMA_VERSION = "1"
 Selection = Literal["last", "best_on_test"]
 Status = Literal["ok", "failed"]
 
-SELECTIONS: tuple[str, ...] = ("last", "best_on_test")
+SELECTIONS: tuple[str, ...] = _SELECTIONS
 STATUSES: tuple[str, ...] = ("ok", "failed")
 
 # metric name -> the implementation recorded by default (docs/method.md section 5). The reference's non-standard AUPRO
@@ -82,15 +86,7 @@ METRIC_IMPLS: dict[str, str] = {
 METRICS: tuple[str, ...] = tuple(METRIC_IMPLS)
 
 # the distortion views of docs/method.md section 2
-VIEWS: tuple[str, ...] = (
-    "clean",
-    "noise_all",
-    "noise_random",
-    "noise_attention",
-    "attention_shuffle",
-    "copy_out",
-    "random_shuffle",
-)
+VIEWS: tuple[str, ...] = VIEW_NAMES
 
 # partition columns: low cardinality, stored in the directory names (hive layout), not inside the files
 PARTITION_COLUMNS: tuple[str, ...] = ("dataset", "backbone")
@@ -171,7 +167,6 @@ SCORE_SCHEMA = pa.schema(
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _LAYERS_RE = re.compile(r"^-?\d+(,-?\d+)*$")
-_WEIGHTS_PREFIXES = ("hub:", "file:", "random:")
 _AGGREGATE_NAMES = frozenset({"mean", "avg", "average", "all", "total", "__mean__", "__all__"})
 _MAX_ERROR_CHARS = 4000
 _SECRET_ENV_RE = re.compile(
@@ -400,9 +395,10 @@ class MetricRow:
         for name in ("generalad_version", "torch_version", "timm_version", "git_sha"):
             if getattr(self, name) is None:
                 put(name, env[name])
-        if not isinstance(self.weights, str) or not self.weights.startswith(_WEIGHTS_PREFIXES):
-            raise ValueError(f"weights must start with one of {_WEIGHTS_PREFIXES}, got {self.weights!r}")
-        is_random = self.weights.startswith("random:")
+        try:
+            is_random = not WeightsSource.parse(self.weights).pretrained
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         if self.pretrained is None:
             put("pretrained", not is_random)
         elif bool(self.pretrained) == is_random:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from generalad.backbone import Backbone, BackboneSpec, load_backbone, weights_id
 from generalad.data.images import is_image_file, open_image
 from generalad.data.layout import is_ignored
 from generalad.data.preprocess import PREPROCESSING_SPEC, preprocess_image
+from generalad.defaults import WeightsSource
 from generalad.errors import ConfigError, DatasetError, ImageError
 from generalad.method.discriminator import Discriminator
 from generalad.method.scoring import anomaly_maps, image_scores
@@ -83,8 +83,6 @@ NORMAL_SCORES_CSV = "normal_scores.csv"
 PREDICTION_JSON = "prediction.json"
 OVERLAY_DIR = "overlays"
 MAP_DIR = "maps"
-
-_RANDOM_RE = re.compile(r"^random:(?P<seed>-?\d+)(?::init_values=(?P<init>[^:]+))?$")
 
 
 class ModelMismatchError(ConfigError):
@@ -116,43 +114,38 @@ def backbone_spec_for_model(
         )
     name, identity = str(features["backbone"]), str(features["weights"])
     common = {"name": name, "image_size": int(features["image_size"]), "layers": tuple(features["layers"])}
-    random_match = _RANDOM_RE.match(identity)
-    if random_match:
+    try:
+        source = WeightsSource.parse(identity)
+    except ConfigError:
+        raise ModelMismatchError(
+            f"{model_dir}: unknown weights identity {identity!r} in model.json"
+        ) from None
+    if source.kind == "random":
         if weights is not None:
             raise ModelMismatchError(
                 f"{model_dir} was trained on features of a random init ({identity}); it cannot use --weights {weights}"
             )
-        init = random_match.group("init")
-        return BackboneSpec(
-            weights="random",
-            seed=int(random_match.group("seed")),
-            init_values=float(init) if init is not None else None,
-            **common,
-        )
-    if identity.startswith("hub:"):
+        return BackboneSpec(weights="random", seed=source.seed, init_values=source.init_values, **common)
+    if source.kind == "hub":
         if weights is not None:
             raise ModelMismatchError(
-                f"{model_dir} was trained on features of the hub weights {identity.removeprefix('hub:')}, which "
+                f"{model_dir} was trained on features of the hub weights {source.repo}, which "
                 "prediction loads from the local Hugging Face cache; a --weights file cannot be checked against "
                 "them (retrain with --weights FILE to use a local file)"
             )
         return BackboneSpec(weights="hub", **common)
-    if identity.startswith("file:sha256:"):
-        path = weights if weights is not None else features.get("weights_file")
-        if path is None:
-            raise ModelMismatchError(
-                f"{model_dir} was trained on features of a local weights file ({identity}) whose path it does not "
-                "record; pass that file with --weights FILE"
-            )
-        if not Path(path).is_file():
-            raise ModelMismatchError(
-                f"{model_dir} was trained with the weights file {path}, which does not exist here; pass the file "
-                "with --weights FILE (its sha256 must be "
-                + identity.removeprefix("file:sha256:")[:16]
-                + "...)"
-            )
-        return BackboneSpec(weights=str(path), **common)
-    raise ModelMismatchError(f"{model_dir}: unknown weights identity {identity!r} in model.json")
+    path = weights if weights is not None else features.get("weights_file")
+    if path is None:
+        raise ModelMismatchError(
+            f"{model_dir} was trained on features of a local weights file ({identity}) whose path it does not "
+            "record; pass that file with --weights FILE"
+        )
+    if not Path(path).is_file():
+        raise ModelMismatchError(
+            f"{model_dir} was trained with the weights file {path}, which does not exist here; pass the file "
+            f"with --weights FILE (its sha256 must be {source.sha256[:16]}...)"
+        )
+    return BackboneSpec(weights=str(path), **common)
 
 
 def _check_identity(spec: BackboneSpec, recorded: str, model_dir: str) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE
+
 __all__ = ["add_backbone_options", "print_metrics", "refuse_existing"]
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", default="vit_small_patch14_dinov2", help="timm DINOv2 model name")
+    group.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help=f"timm model name (default {DEFAULT_BACKBONE})"
+    )
     group.add_argument(
         "--weights",
         default="hub",
@@ -18,7 +22,10 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random init (--weights random)")
     group.add_argument(
-        "--image-size", type=int, default=518, help="input side, a multiple of 14 (default 518)"
+        "--image-size",
+        type=int,
+        default=IMAGE_SIZE,
+        help=f"input side, a multiple of 14 (default {IMAGE_SIZE})",
     )
     group.add_argument(
         "--layers", type=int, nargs="+", default=[-1], help="blocks whose tokens are kept (default: the last)"

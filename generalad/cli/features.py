@@ -48,7 +48,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from generalad.backbone import BackboneSpec
     from generalad.data import get_dataset
-    from storage.extraction import default_store_root, extract_features
+    from generalad.defaults import default_store_root
+    from storage.extraction import extract_features
 
     spec = BackboneSpec(
         name=args.backbone,

@@ -14,7 +14,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `reproduce` and `report`."""
     reproduce = sub.add_parser("reproduce", help="run the reproduce-all flow on a suite (the main job)")
     reproduce.add_argument("--suite", default="quickstart", help="table1..table5, fig4, quickstart, smoke")
-    reproduce.add_argument("--reports", default="reports", help="report store (local path or fsspec URL)")
+    reproduce.add_argument(
+        "--reports",
+        default=None,
+        help="report store, local path or fsspec URL (default $GENERALAD_REPORTS, else ./reports)",
+    )
     reproduce.add_argument("--store", default=None, help="feature store root (default ./stores)")
     reproduce.add_argument(
         "--weights",
@@ -34,7 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
 
     report = sub.add_parser("report", help="render the paper-style table from a report store")
-    report.add_argument("--reports", default="reports")
+    report.add_argument(
+        "--reports", default=None, help="report store (default $GENERALAD_REPORTS, else ./reports)"
+    )
     report.add_argument("--suite", default=None, help="only the datasets of this suite")
     report.add_argument("--metric", default="image_auroc")
     report.add_argument("--selection", default="last", choices=("last", "best_on_test"))
@@ -44,7 +50,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from flows.runtime import ensure_prefect_api
-    from storage.extraction import default_store_root
+    from generalad.defaults import default_reports_root, default_store_root
+
+    args.reports = args.reports or default_reports_root()
 
     with ensure_prefect_api() as api_url:
         # imported only now: Prefect reads PREFECT_API_URL when it is first imported
@@ -87,8 +95,10 @@ def _flush_prefect_logs() -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from generalad.apps.report_tables import render_table
+    from generalad.defaults import default_reports_root
     from storage.reports import ReportStore
 
+    args.reports = args.reports or default_reports_root()
     frame = ReportStore(args.reports).read_metrics()
     if frame.empty:
         raise GeneralADError(f"no report rows in {args.reports}")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from generalad.defaults import PATCH_SIZE
 from generalad.errors import ConfigError
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "preprocess_mask",
 ]
 
-PATCH_SIZE = 14
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Enters the feature-store key: change it whenever the function below changes its output.

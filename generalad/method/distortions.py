@@ -40,11 +40,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from generalad.defaults import VIEW_NAMES, ViewName
 from generalad.errors import ConfigError
 
 __all__ = [
@@ -61,16 +61,6 @@ __all__ = [
     "check_view_names",
 ]
 
-ViewName = Literal[
-    "clean",
-    "noise_all",
-    "noise_random",
-    "noise_attention",
-    "attention_shuffle",
-    "copy_out",
-    "random_shuffle",
-]
-VIEW_NAMES: tuple[ViewName, ...] = get_args(ViewName)
 # views whose loss is a plain mean over all B*N patches; every other view is "partial"
 FULL_VIEWS: frozenset[str] = frozenset({"clean", "noise_all"})
 # views that need the CLS attention maps

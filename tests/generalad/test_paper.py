@@ -9,7 +9,7 @@ import pytest
 
 from generalad.apps import paper
 
-METHOD_MD = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "docs/method.md"
+METHOD_MD = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "METHOD.md"
 
 
 def test_spot_checks():
