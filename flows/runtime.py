@@ -28,7 +28,7 @@ __all__ = [
     "OFFLINE_ENV",
 ]
 
-# No telemetry, ever (docs/design.md: the temporary server tries to send analytics unless told not to).
+# No telemetry, ever (docs/design.md "Orchestration": the server sends analytics unless told not to).
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 _START_TIMEOUT_S = 90.0
 
@@ -130,8 +130,9 @@ def api_for_subprocesses() -> Iterator[str]:
     """Within a flow: make sure processes started in the block (Dask workers) report to this flow's Prefect API.
 
     They inherit os.environ. When PREFECT_API_URL is not in it (Prefect's temporary server, started by the
-    flow's own client), each Dask worker would start a temporary server of its own (docs/design.md: the cold start
-    doubles); so the block exports the URL the flow's client talks to, and removes it again afterwards.
+    flow's own client), each Dask worker would start a temporary server of its own (docs/design.md
+    "Orchestration": the cold start doubles); so the block exports the URL the flow's client talks to, and removes
+    it again afterwards.
     """
     configured = os.environ.get("PREFECT_API_URL")
     if configured:

@@ -167,7 +167,8 @@ class StoreWriter:
                 array = group[name]
             except KeyError:
                 try:
-                    # fp16 ViT tokens compress ~1.09x with zstd (docs/design.md): not worth the CPU on every read.
+                    # fp16 ViT tokens compress ~1.09x with zstd (docs/design.md "Feature store"): not worth
+                    # the CPU on every read.
                     array = group.create_array(
                         name,
                         shape=shape,

@@ -1,4 +1,4 @@
-"""The two one-class protocols of docs/method.md section 6, and the adapter bases that apply them.
+"""The two one-class protocols (docs/protocols.md "One-class protocols") and the adapter bases applying them.
 
 - one-vs-rest (semantic and near-distribution data): train on the training images of the normal class, test on
   the test images (optionally of a subset of classes), every class but the normal one anomalous.

@@ -49,7 +49,7 @@ def check_image_size(image_size: int) -> int:
 def preprocess_image(image: Image.Image, image_size: int) -> torch.Tensor:
     """A decoded PIL image as a normalised float32 tensor (3, S, S)."""
     resized = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    # Greyscale becomes 3 channels after the resize (docs/method.md: FMNIST "greyscale -> 3 channels after resize").
+    # Greyscale becomes 3 channels after the resize, not before (docs/method.md section 1).
     if resized.mode != "RGB":
         resized = resized.convert("RGB")
     array = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0

@@ -1,8 +1,9 @@
 """`generalad fit-folder` then `generalad predict` on synthetic user folders, end to end, and their bad inputs.
 
 Setting (chosen so that a good anomaly map is EXPECTED, not hoped for): a randomly initialised ViT-S/14 at 56 px.
-Its LayerScale gammas are 1e-5, so its blocks are near-identity (docs/design.md) and a patch's feature is about
-LayerNorm(patch embedding + position embedding): it depends on that patch's pixels only. The normal images are a
+Its LayerScale gammas are 1e-5, so its blocks are near-identity (docs/design.md "Measured facts that shaped
+the design") and a patch's feature is about LayerNorm(patch embedding + position embedding): it depends on that
+patch's pixels only. The normal images are a
 flat noisy surface; a defect is a saturated red 16 px square, which changes only the patches it covers. The
 discriminator trains 10 epochs with noise sigma 1.0 (`--set sigma=1.0`): with sigma that large it learns "far from
 the normal features", and a red patch is far. (With the paper's 0.25 on random features the outcome depended on
