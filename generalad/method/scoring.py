@@ -99,7 +99,12 @@ def gaussian_kernel1d(sigma: float, radius: int, *, dtype: torch.dtype = torch.f
 
 
 def gaussian_blur(maps: torch.Tensor, *, sigma: float, radius: int) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps, reflect padding (replicate when radius >= H or W)."""
+    """Separable Gaussian blur of (B, H, W) maps, reflect padding (replicate when radius >= H or W).
+
+    Not torchvision's ``gaussian_blur``: it gives the same values (to 3e-7 at 518 px, a test checks it) but
+    convolves with the full 2-D kernel, 2.8x slower here for 37 x 37 taps at 518 px, and fails when the radius
+    is not smaller than the map (small maps of tests and low resolutions); two 1-D passes do neither.
+    """
     if radius == 0:
         return maps
     kernel = gaussian_kernel1d(sigma, radius, dtype=maps.dtype).to(maps.device)

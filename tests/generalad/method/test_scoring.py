@@ -47,6 +47,19 @@ def test_blur_matches_scipy_mirror_mode():
         np.testing.assert_allclose(ours[i], ref, rtol=1e-10, atol=1e-12)
 
 
+def test_blur_matches_torchvision_gaussian_blur():
+    """torchvision's 2-D blur (reflect padding) is the library reference our separable one must equal."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    maps = torch.rand(2, 96, 96, generator=torch.Generator().manual_seed(1))
+    sigma, radius = blur_params(96)
+    ours = gaussian_blur(maps, sigma=sigma, radius=radius)
+    ref = tvf.gaussian_blur(
+        maps.unsqueeze(1), kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma]
+    ).squeeze(1)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
 def test_map_of_a_constant_logit_is_constant():
     maps = anomaly_maps(torch.full((2, 16), 1.5), 32)
     assert maps.shape == (2, 32, 32)
