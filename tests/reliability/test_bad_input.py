@@ -1,7 +1,7 @@
 """Bad input, across every dataset: each error names the file or value, and nothing is published (no store gets
 COMPLETE.json, so no training can read it and no report row can follow).
 
-Decoding and layout errors per adapter are tested in tests/generalad/datasets; here they go through the whole
+Decoding and layout errors per adapter are tested in tests/generalad/data; here they go through the whole
 extraction. The backbone is loaded once per module (it is deterministic in its seed) to keep the cases cheap.
 """
 

@@ -37,7 +37,9 @@ def test_datasets_lists_the_registry_and_checks_a_root(mvtec, capsys):
     code, out, _ = _run(capsys, "datasets", "check", "mvtec_ad", mvtec.root, "--category", "bottle")
     assert code == 0
     # the fixture's counts, row by row: (split, class, defect type) -> (images, masks)
-    rows = {tuple(line.split()[:3]): line.split()[3:] for line in out.splitlines()[2:] if len(line.split()) == 5}
+    rows = {
+        tuple(line.split()[:3]): line.split()[3:] for line in out.splitlines()[2:] if len(line.split()) == 5
+    }
     assert rows == {
         ("test", "bottle", "broken_large"): ["2", "2"],
         ("test", "bottle", "contamination"): ["1", "1"],
@@ -79,10 +81,14 @@ def test_extract_train_evaluate_agree(mvtec, tmp_path, capsys):
     # the saved model re-scores the same features: the same image AUROC as training's `last`
     assert evaluated["image_auroc"] == pytest.approx(trained["image_auroc"], abs=1e-9)
     again = pd.read_parquet(out_eval / "scores.parquet")
-    pd.testing.assert_series_equal(again["score"], scores["score"], check_exact=False, atol=1e-5, check_names=False)
+    pd.testing.assert_series_equal(
+        again["score"], scores["score"], check_exact=False, atol=1e-5, check_names=False
+    )
 
     # a second evaluate into the same folder is refused before any work, and --overwrite replaces it
     code, _, err = _run(capsys, "evaluate", "--store", store, "--model", run, "--out", out_eval)
     assert code == 2 and "exists" in err
-    code, _, err = _run(capsys, "evaluate", "--store", store, "--model", run, "--out", out_eval, "--overwrite")
+    code, _, err = _run(
+        capsys, "evaluate", "--store", store, "--model", run, "--out", out_eval, "--overwrite"
+    )
     assert code == 0, err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from generalad.apps import paper
 
-METHOD_MD = Path(__file__).resolve().parents[2] / "docs" / "method.md"
+METHOD_MD = Path(__file__).resolve().parents[3] / "docs" / "method.md"
 
 
 def test_spot_checks():

@@ -1,1 +1,0 @@
-"""Tests of fit-folder, predict and the pictures (tests/generalad/practitioner)."""
