@@ -128,17 +128,6 @@ def test_weights_of_another_architecture_are_refused_naming_the_file(tmp_path) -
         load_backbone(BackboneSpec(weights=str(path), image_size=SIZE))
 
 
-def test_pickled_code_in_a_pth_file_is_not_executed(tmp_path) -> None:
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    path = tmp_path / "evil.pth"
-    torch.save({"x": Payload()}, path)
-    with pytest.raises(WeightsError, match="evil.pth"):
-        load_backbone(BackboneSpec(weights=str(path), image_size=SIZE))
-
-
 def test_unreachable_hub_fails_fast_with_a_way_out(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -88,23 +88,3 @@ def published(root: Path | str) -> list[Path]:
 
 def write_json(path: str | Path, payload: dict) -> None:
     Path(path).write_text(json.dumps(payload))
-
-
-def listening_addresses(port: int) -> set[str]:
-    """The local addresses with a listening TCP socket on `port` (IPv4 and IPv6), from /proc/net/tcp*."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state != "0A" or int(hex_port, 16) != port:
-                continue
-            if width == 8:
-                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
-            else:
-                found.add("::" if int(address, 16) == 0 else address)
-    return found

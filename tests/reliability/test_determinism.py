@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from generalad.apps.train_job import resolve_preset
 from generalad.method.experiment import run_one_class
 from storage.feature_store import FeatureStore
 from storage.reports import ReportStore
-from tests.reliability.conftest import extract, listening_addresses
+from tests.reliability.conftest import extract
 
 
 def _run(store: FeatureStore, seed: int):
@@ -90,8 +89,7 @@ def reliability_flow_env(tmp_path_factory) -> Iterator[tuple[str, str]]:
 def test_two_smoke_runs_of_the_flow_give_identical_aurocs(reliability_flow_env, tmp_path) -> None:
     from flows.reproduce import reproduce_all
 
-    api_url, dask_address = reliability_flow_env
-    assert listening_addresses(urlsplit(api_url).port) == {"127.0.0.1"}  # the server binds loopback only
+    _, dask_address = reliability_flow_env
     reports = ReportStore(str(tmp_path / "reports"))
     runs = [
         reproduce_all(

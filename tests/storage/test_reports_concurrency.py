@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,20 +65,4 @@ def test_threads_lose_no_rows(tmp_path, fs_kind):
         fsspec.filesystem("memory").rm(store.root, recursive=True)
 
 
-@pytest.mark.slow
-def test_processes_lose_no_rows(tmp_path):
-    url = str(tmp_path / "reports")
-    n_runs, n_classes = 5, 4
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=write_runs, args=(url, w, n_runs, n_classes, barrier)) for w in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=120)
-        assert proc.exitcode == 0
-    store = ReportStore(url)
-    frame = store.read_metrics()
-    assert len(frame) == 2 * n_runs * n_classes
-    assert sorted(frame["run_id"].unique()) == sorted(f"w{w}-r{r}" for w in range(2) for r in range(n_runs))
-    assert len(store.read_scores()) == 2 * n_runs * 3
+# Writers in separate processes (and reruns replacing only their own rows): tests/reliability/test_concurrency.py.
