@@ -156,6 +156,22 @@ def _generate_category(
         _save(mask, base / "ground_truth" / defect / f"{stem}_mask.png")
 
 
+def _already_generated(marker: Path, params: dict) -> bool:
+    """True when `marker` records exactly `params`; DatasetError when it records other ones."""
+    if not marker.is_file():
+        return False
+    try:
+        done = json.loads(marker.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        done = None
+    if done == params:
+        return True
+    raise DatasetError(
+        f"{marker.parent} already holds a quickstart dataset made with {done}; asked for {params}: "
+        f"choose another folder or delete this one"
+    )
+
+
 def generate_quickstart(
     root: str | os.PathLike[str],
     *,
@@ -197,17 +213,8 @@ def generate_quickstart(
         "image_size": int(image_size),
     }
     marker = root / MARKER
-    if marker.is_file():
-        try:
-            done = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            done = None
-        if done == params:
-            return root
-        raise DatasetError(
-            f"{root} already holds a quickstart dataset made with {done}; asked for {params}: "
-            f"choose another folder or delete this one"
-        )
+    if _already_generated(marker, params):
+        return root
     root.mkdir(parents=True, exist_ok=True)
     textures = {name: _texture(name, image_size) for name in QUICKSTART_CATEGORIES}
     counts = (n_train, n_test_good, n_test_defect)

@@ -161,6 +161,20 @@ def _gather_patches(features: torch.Tensor, source: torch.Tensor) -> torch.Tenso
     return features.gather(1, source.unsqueeze(-1).expand_as(features))
 
 
+def _check_inputs(name: str, features: torch.Tensor, cls_attn: torch.Tensor | None) -> None:
+    """ConfigError unless features are (B, N, E) and, for attention views, cls_attn is (B, H, N)."""
+    if features.ndim != 3:
+        raise ConfigError(f"features must be (B, N, E), got shape {tuple(features.shape)}")
+    batch, num_patches, _ = features.shape
+    if name in ATTENTION_VIEWS:
+        if cls_attn is None:
+            raise ConfigError(f"view {name!r} needs the CLS attention maps (B, H, N)")
+        if cls_attn.ndim != 3 or cls_attn.shape[0] != batch or cls_attn.shape[2] != num_patches:
+            raise ConfigError(
+                f"cls_attn shape {tuple(cls_attn.shape)} does not fit features {tuple(features.shape)}"
+            )
+
+
 def make_view(
     name: ViewName,
     features: torch.Tensor,
@@ -183,17 +197,9 @@ def make_view(
     Returns:
         The view: distorted features, float labels, the chosen positions and (moving views) the sources.
     """
-    if features.ndim != 3:
-        raise ConfigError(f"features must be (B, N, E), got shape {tuple(features.shape)}")
+    _check_inputs(name, features, cls_attn)
     batch, num_patches, _ = features.shape
     device = features.device
-    if name in ATTENTION_VIEWS:
-        if cls_attn is None:
-            raise ConfigError(f"view {name!r} needs the CLS attention maps (B, H, N)")
-        if cls_attn.ndim != 3 or cls_attn.shape[0] != batch or cls_attn.shape[2] != num_patches:
-            raise ConfigError(
-                f"cls_attn shape {tuple(cls_attn.shape)} does not fit features {tuple(features.shape)}"
-            )
 
     def noise() -> torch.Tensor:
         return sigma * torch.randn(features.shape, generator=generator, device=device, dtype=features.dtype)
