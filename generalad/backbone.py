@@ -1,5 +1,11 @@
-"""The frozen DINOv2 backbone: weights from the hub, a local file or an explicit random init; patch tokens and
+"""The frozen ViT backbone: weights from the hub, a local file or an explicit random init; patch tokens and
 CLS-to-patch attention per image (docs/method.md section 1).
+
+Any timm VisionTransformer with a class token works (DINOv2 with or without registers, supervised ViT, OpenCLIP,
+DINO): the patch size comes from the model (N = (S/p)^2), and the image size must be a multiple of it
+(`default_image_size`: 518 for patch 14, 224 for patch 16 and 8). The CLS attention is recomputed from timm's
+generic attention block (`qkv`, `q_norm`, `k_norm`, `scale`); a model whose last kept block has another
+attention module is refused with ConfigError.
 
 Example:
     >>> spec = BackboneSpec(name="vit_small_patch14_dinov2", weights="random", image_size=112)
@@ -13,22 +19,74 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from generalad.data.preprocess import PATCH_SIZE, check_image_size
+from generalad.data.preprocess import check_image_size, default_image_size
 from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE, WeightsSource
 from generalad.errors import ConfigError, WeightsError
 
-__all__ = ["BackboneSpec", "Backbone", "load_backbone", "weights_identity", "SUPPORTED_BACKBONES"]
+__all__ = [
+    "BackboneSpec",
+    "Backbone",
+    "ViTInfo",
+    "vit_info",
+    "load_backbone",
+    "weights_identity",
+    "default_image_size",
+    "SUPPORTED_BACKBONES",
+]
 
+# the DINOv2 family the paper's Tables 1-3 use; any other timm ViT with a class token is accepted too
 SUPPORTED_BACKBONES = tuple(
     f"vit_{size}_patch14{reg}_dinov2" for size in ("small", "base", "large", "giant") for reg in ("", "_reg4")
 )
+_ATTENTION_PARTS = ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")
+
+
+@dataclass(frozen=True)
+class ViTInfo:
+    """What the backbone code needs to know about a timm architecture before loading weights."""
+
+    patch_size: int
+    num_prefix_tokens: int
+    depth: int
+
+
+def _check_vit(model: nn.Module, arch: str) -> ViTInfo:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer) or getattr(model, "cls_token", None) is None:
+        raise ConfigError(
+            f"backbone {arch!r} is not a timm VisionTransformer with a class token; GeneralAD needs the CLS "
+            "attention (e.g. vit_base_patch14_dinov2, vit_base_patch16_224, vit_base_patch8_224)"
+        )
+    patch = model.patch_embed.patch_size
+    patch = int(patch[0] if isinstance(patch, tuple | list) else patch)
+    return ViTInfo(patch, int(model.num_prefix_tokens), len(model.blocks))
+
+
+@lru_cache(maxsize=64)
+def vit_info(arch: str) -> ViTInfo:
+    """Patch size, prefix tokens and depth of a timm ViT (built on the meta device: no memory, no weights).
+
+    Raises:
+        ConfigError: timm knows no such model, or it is not a ViT with a class token.
+    """
+    if not timm.is_model(arch):
+        raise ConfigError(
+            f"unknown backbone {arch!r}: not a timm model name (any timm ViT with a class token works, e.g. "
+            f"{', '.join(SUPPORTED_BACKBONES[:2])}, vit_base_patch16_224, vit_base_patch8_224)"
+        )
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
+    return _check_vit(model, arch)
+
+
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -38,11 +96,12 @@ class BackboneSpec:
     """Everything that defines the backbone's output.
 
     Args:
-        name: timm model name, optionally with a pretrained tag (`vit_small_patch14_dinov2.lvd142m`).
+        name: timm ViT name (with a class token), optionally with a pretrained tag
+            (`vit_small_patch14_dinov2.lvd142m`, `vit_base_patch16_224.augreg_in21k`, `vit_base_patch8_224.dino`).
         weights: "hub" (timm / Hugging Face hub), "random" (explicit random init, for tests and offline runs),
             or the path of a local `.safetensors` / `.pth` weights file.
         seed: seed of the random init (only used with weights="random").
-        image_size: input side S, a multiple of 14 (N = (S/14)^2 patches).
+        image_size: input side S, a multiple of the model's patch size p (N = (S/p)^2 patches).
         layers: block indices whose final-LayerNorm tokens are kept (negative counts from the end), concatenated
             on the channel axis; the CLS attention comes from the last of them.
         init_values: LayerScale init for random weights. timm's default (1e-5) makes the blocks nearly identity;
@@ -59,10 +118,8 @@ class BackboneSpec:
 
     def __post_init__(self) -> None:
         arch = self.name.split(".", 1)[0]
-        if arch not in SUPPORTED_BACKBONES:
-            raise ConfigError(f"unknown backbone {self.name!r}; supported: {', '.join(SUPPORTED_BACKBONES)}")
         object.__setattr__(self, "_arch", arch)
-        check_image_size(self.image_size)
+        check_image_size(self.image_size, vit_info(arch).patch_size)
         if not self.layers:
             raise ConfigError("layers must name at least one block")
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -76,6 +133,14 @@ class BackboneSpec:
     @property
     def pretrained(self) -> bool:
         return self.weights != "random"
+
+    @property
+    def patch_size(self) -> int:
+        return vit_info(self._arch).patch_size
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
 
 
 def _hub_id(name: str) -> str:
@@ -175,7 +240,7 @@ def _load_weights(model: nn.Module, path: Path, arch: str) -> None:
 
 
 class Backbone(nn.Module):
-    """A frozen timm DINOv2 ViT returning kept-layer patch tokens and the last kept block's CLS attention."""
+    """A frozen timm ViT returning kept-layer patch tokens and the last kept block's CLS attention."""
 
     def __init__(self, model: nn.Module, spec: BackboneSpec) -> None:
         super().__init__()
@@ -189,14 +254,22 @@ class Backbone(nn.Module):
                 raise ConfigError(f"layer {index} is out of range for {spec.arch} with {depth} blocks")
             layers.append(absolute)
         self.layers = tuple(layers)
-        self.num_prefix = int(model.num_prefix_tokens)
+        info = _check_vit(model, spec.arch)
+        self.num_prefix = info.num_prefix_tokens
+        self.patch_size = info.patch_size
         self._captured: torch.Tensor | None = None
         attn = model.blocks[self.layers[-1]].attn
+        missing = [part for part in _ATTENTION_PARTS if not hasattr(attn, part)]
+        if missing:
+            raise ConfigError(
+                f"{spec.arch}: the attention of block {self.layers[-1]} ({type(attn).__name__}) lacks "
+                f"{missing}; the CLS-attention capture needs timm's generic Attention (qkv projection)"
+            )
         attn.register_forward_pre_hook(self._capture_cls_attention)
 
     @property
     def grid(self) -> int:
-        return self.spec.image_size // PATCH_SIZE
+        return self.spec.image_size // self.patch_size
 
     @property
     def num_patches(self) -> int:

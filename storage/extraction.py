@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from generalad.backbone import BackboneSpec, load_backbone
 from generalad.data.base import DatasetAdapter, Record
 from generalad.data.images import load_mask
-from generalad.data.preprocess import PATCH_SIZE, preprocess_image, preprocess_mask
+from generalad.data.preprocess import preprocess_image, preprocess_mask
 from generalad.errors import ConfigError, StoreError
 from storage import urls
 from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
@@ -197,9 +197,7 @@ def extract_features(
                     )
                     tokens_acc, attn_acc, masks_acc = [], [], []
         bar.close()
-        writer.mark_complete(
-            {"backbone": spec.name, "weights": fingerprint.weights, "grid": spec.image_size // PATCH_SIZE}
-        )
+        writer.mark_complete({"backbone": spec.name, "weights": fingerprint.weights, "grid": backbone.grid})
     return ExtractionResult(
         url,
         fingerprint.key,

@@ -225,7 +225,7 @@ def load_predictor(
     spec = backbone_spec_for_model(features, weights=weights, model_dir=str(model_dir))
     _check_identity(spec, str(features["weights"]), str(model_dir))
     disc = config["discriminator"]
-    grid = spec.image_size // 14
+    grid = spec.grid
     for key, expected, what in (
         ("num_patches", features.get("num_patches"), "patches"),
         ("embed_dim", features.get("embed_dim"), "feature width"),

@@ -20,6 +20,7 @@ __all__ = [
     "PATCH_SIZE",
     "PREPROCESSING_SPEC",
     "check_image_size",
+    "default_image_size",
     "preprocess_image",
     "preprocess_mask",
 ]
@@ -33,15 +34,25 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
 
 
-def check_image_size(image_size: int) -> int:
-    """The image size as an int, or ConfigError when it is not a positive multiple of the patch size 14."""
+def default_image_size(patch_size: int = PATCH_SIZE) -> int:
+    """The documented input side for a patch size: 518 for patch-14 models (the paper's 37 x 37 grid), 224 for
+    patch-16 and patch-8 models (the resolution their weights were trained at: 14 x 14 and 28 x 28 patches),
+    else the smallest multiple of the patch size >= 224."""
+    if patch_size == PATCH_SIZE:
+        return 518
+    return -(-224 // patch_size) * patch_size
+
+
+def check_image_size(image_size: int, patch_size: int = PATCH_SIZE) -> int:
+    """The image size as an int, or ConfigError when it is not a positive multiple of the model's patch size."""
     if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer) or image_size <= 0:
         raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
-    if image_size % PATCH_SIZE:
-        lower = max(PATCH_SIZE, image_size // PATCH_SIZE * PATCH_SIZE)
+    if image_size % patch_size:
+        lower = max(patch_size, image_size // patch_size * patch_size)
         raise ConfigError(
-            f"image size {image_size} is not a multiple of the patch size {PATCH_SIZE}; "
-            f"use e.g. {lower} or {lower + PATCH_SIZE} (518 = 37 x 14 is the paper's)"
+            f"image size {image_size} is not a multiple of the patch size {patch_size}; valid sizes are "
+            f"multiples of {patch_size}, e.g. {lower} or {lower + patch_size} "
+            f"({default_image_size(patch_size)} is the default for patch-{patch_size} models)"
         )
     return int(image_size)
 
