@@ -146,7 +146,9 @@ def test_unreachable_hub_fails_fast_with_a_way_out(tmp_path, monkeypatch) -> Non
     "kwargs, message",
     [
         ({"image_size": 100}, "not a multiple of the patch size 14"),
-        ({"name": "resnet50"}, "unknown backbone"),
+        ({"name": "resnet50"}, "not a timm VisionTransformer with a class token"),
+        ({"name": "no_such_model_xyz"}, "unknown backbone"),
+        ({"name": "vit_base_patch16_224", "image_size": 100}, "valid sizes are multiples of 16"),
         ({"layers": ()}, "at least one block"),
         ({"weights": "hubb"}, "weights must be"),
     ],
