@@ -162,6 +162,15 @@ def report_child(
         i += 1
 
 
+# every configuration column a MetricRow needs (the schema has no defaults): the synthetic rows of this bench
+_ROW_CONFIG = {
+    "image_size": 518, "layers": "-1", "preset": "mvtec_ad", "views": "clean+noise_all", "epochs": 1,
+    "lr": 5e-4, "top_k": 10, "sigma": 0.25, "batch_size": 16, "weight_decay": 1e-5, "lr_min_factor": 0.2,
+    "epoch_subset": None, "exclude_fixed_points": False, "disc_blocks": 1, "disc_heads": 4, "mlp_dim": 2048,
+    "dropout": 0.1, "seed": 0, "feature_dtype": "float16", "split_protocol": "official",
+}  # fmt: skip
+
+
 def _report_rows(run_id: str, n_classes: int, attempt: int):
     """Metric rows in two partitions and one score table; values depend on the run, class and attempt."""
     from storage.report_schema import MetricRow, scores_from_arrays
@@ -172,9 +181,7 @@ def _report_rows(run_id: str, n_classes: int, attempt: int):
             dataset=("mvtec_ad", "visa")[c % 2],
             backbone="vit_small_patch14_dinov2",
             weights="random:0",
-            views="clean+noise_all",
-            epochs=1,
-            top_k=10,
+            **_ROW_CONFIG,
             class_name=f"c{c}",
             metric="image_auroc",
             value=_expected_value(run_id, c, attempt),

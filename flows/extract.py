@@ -26,12 +26,15 @@ def extract_store(
     layers: tuple[int, ...] = (-1,),
     dtype: str = "float16",
     store: str,
+    dataset_options: dict | None = None,
 ) -> dict:
-    """Extract (or find complete) the store of one dataset/category; returns its URL and the work it took."""
+    """Extract (or find complete) the store of one dataset/category; returns its URL and the work it took.
+
+    `dataset_options` go to the adapter (e.g. {"split": "listing_80_20"} for VisA) and into the store key."""
     spec = BackboneSpec(
         name=backbone, weights=weights, seed=seed, image_size=image_size, layers=tuple(layers)
     )
-    adapter = get_dataset(dataset, root, category=category)
+    adapter = get_dataset(dataset, root, category=category, **(dataset_options or {}))
     result = extract_features(adapter, spec, store, dtype=dtype)
     logger = get_run_logger()
     if result.reused:
@@ -60,8 +63,11 @@ def extract_features_flow(
     layers: list[int] = [-1],  # noqa: B006 - Prefect parameters need a JSON default
     dtype: str = "float16",
     store: str | None = None,
+    dataset_options: dict | None = None,
 ) -> str:
     """Extract one dataset (or one category of it) into `store`; returns the store URL.
+
+    `dataset_options`: adapter options, e.g. {"split": "listing_80_20"} for VisA (part of the store key).
 
     `weights`: "auto" (pretrained when the hub weights are cached or reachable, else an explicit random init),
     "hub", "random", or a weights file. `store`: default `$GENERALAD_STORE`, else `./stores`.
@@ -77,6 +83,7 @@ def extract_features_flow(
         layers=tuple(layers),
         dtype=dtype,
         store=store or default_store_root(),
+        dataset_options=dataset_options,
     )["url"]
 
 

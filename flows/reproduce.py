@@ -201,6 +201,7 @@ def _extract_all(
                 entry_weights,
                 entry.image_size,
                 entry.layers,
+                entry.dataset_options,
             )
             if key not in done:
                 try:
@@ -213,6 +214,7 @@ def _extract_all(
                         image_size=entry.image_size,
                         layers=entry.layers,
                         store=store,
+                        dataset_options=entry.options(),
                     )
                 except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
                     done[key] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -223,7 +225,7 @@ def _extract_all(
                     continue
                 out.stores.append(done[key])
             if "error" not in done[key]:
-                out.jobs.extend(_jobs(target, done[key], eval_every_epoch))
+                out.jobs.extend(_jobs(target, done[key], eval_every_epoch, suite.name))
     return out
 
 
@@ -232,11 +234,11 @@ def _targets(entry: SuiteEntry, root: str) -> list[StoreTarget]:
     cls = get_dataset_class(entry.dataset)
     if not cls.requires_category:
         return [StoreTarget(entry, root, None)]
-    categories = entry.categories or tuple(cls(Path(root), None).categories())
+    categories = entry.categories or tuple(cls(Path(root), None, **entry.options()).categories())
     return [StoreTarget(entry, root, c) for c in categories]
 
 
-def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool) -> list[ClassJob]:
+def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool, suite: str) -> list[ClassJob]:
     """One job per (normal class, seed, shots) of the entry on this store."""
     entry = target.entry
     classes = (
@@ -255,6 +257,8 @@ def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool) -> list[Clas
             eval_every_epoch,
             extract_seconds,
             variant=entry.label,
+            suite=suite,
+            select_on_pixel=entry.select_on_pixel and eval_every_epoch,
         )
         for c in classes
         for seed, shots in entry.variants()

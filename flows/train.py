@@ -38,7 +38,9 @@ class ClassJob:
         overrides: preset fields this job changes (e.g. {"epochs": 5, "sigma": 0.5}).
         eval_every_epoch: evaluate after every epoch (reports `last` and `best_on_test`).
         extract_seconds: backbone time that built the store, copied into the rows (None when it was reused).
-        variant: what the suite entry varies (e.g. "sigma=0.5"), for messages; "" for plain entries.
+        variant: what the suite entry varies (e.g. "sigma=0.5"), for messages and the rows; "" for plain entries.
+        suite: the suite the job belongs to (recorded in the rows); None outside suites.
+        select_on_pixel: also select an epoch on pixel AUROC (`best_on_test_pixel`; stores with masks).
     """
 
     store_url: str
@@ -49,6 +51,8 @@ class ClassJob:
     eval_every_epoch: bool = True
     extract_seconds: float | None = None
     variant: str = ""
+    suite: str | None = None
+    select_on_pixel: bool = False
 
     @property
     def label(self) -> str:
@@ -96,6 +100,7 @@ def train_class(
         seed=job.seed,
         shots=job.shots,
         eval_every_epoch=job.eval_every_epoch,
+        select_on_pixel=job.select_on_pixel,
         progress=False,
         device=device,
     )
@@ -105,6 +110,8 @@ def train_class(
         flow_run_id=flow_run_id or _flow_run_id(),
         device=device,
         extract_seconds=job.extract_seconds,
+        suite=job.suite,
+        variant=job.variant,
     )
     auroc = next(
         (r["value"] for r in result.metrics if r["metric"] == "image_auroc" and r["selection"] == "last"),
@@ -131,7 +138,13 @@ def failed_rows_of(job: ClassJob, run_id: str, error: str, flow_run_id: str | No
         preset = resolve_preset(store, None, job.overrides)
     except GeneralADError:
         preset = resolve_preset(store, None, None)
-    context = RunContext.of_store(store, run_id=run_id, flow_run_id=flow_run_id or _flow_run_id())
+    context = RunContext.of_store(
+        store,
+        run_id=run_id,
+        flow_run_id=flow_run_id or _flow_run_id(),
+        suite=job.suite,
+        variant=job.variant,
+    )
     return failed_rows(
         context,
         preset,

@@ -26,7 +26,7 @@ from generalad.data.preprocess import preprocess_image, preprocess_mask
 from generalad.errors import ConfigError, StoreError
 from storage import urls
 from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
-from storage.fingerprint import StoreFingerprint, fingerprint_for
+from storage.fingerprint import StoreFingerprint, fingerprint_for, protocol_label
 from storage.prefetch import prefetched
 
 __all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES"]
@@ -65,6 +65,7 @@ def plan_store(
         dtype=dtype,
         manifest=manifest,
         root=adapter.root,
+        options=adapter.options,
     )
     return urls.join(store_root, fingerprint.dirname), fingerprint
 
@@ -147,7 +148,14 @@ def extract_features(
             shard_size=shard_size,
         )
         splits = {name: adapter.one_class_split(manifest, name) for name in adapter.normal_classes()}
-        writer = StoreWriter(url, fingerprint, layout, manifest, splits, protocol=adapter.protocol)
+        writer = StoreWriter(
+            url,
+            fingerprint,
+            layout,
+            manifest,
+            splits,
+            protocol=protocol_label(adapter.protocol, adapter.options),
+        )
         layout = writer.layout  # a partial store keeps the shard size it was created with
         done = writer.done_shards() & set(range(layout.num_shards))
         todo = [s for s in range(layout.num_shards) if s not in done]

@@ -14,7 +14,14 @@ from generalad.backbone import BackboneSpec, weights_identity
 from generalad.data import preprocess
 from generalad.data.layout import check_name
 
-__all__ = ["SCHEMA_VERSION", "StoreFingerprint", "manifest_hash", "fingerprint_for"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "StoreFingerprint",
+    "manifest_hash",
+    "fingerprint_for",
+    "canonical_options",
+    "protocol_label",
+]
 
 # Bump when the store layout or the meaning of its arrays changes; old stores are then refused, never reused.
 SCHEMA_VERSION = 1
@@ -36,6 +43,20 @@ def manifest_hash(manifest: pd.DataFrame, root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+def canonical_options(options: dict | None) -> dict:
+    """Dataset options as a JSON-ready dict with sorted keys (values as JSON would write them)."""
+    return json.loads(json.dumps(dict(sorted((options or {}).items())), default=str))
+
+
+def protocol_label(protocol: str, options: dict | None) -> str:
+    """The split protocol as reports record it: the adapter's protocol, plus `[k=v,...]` when options were given
+    (e.g. `visa_visa_listing_80_20[split=listing_80_20]`), so every option is visible in the rows."""
+    opts = canonical_options(options)
+    if not opts:
+        return protocol
+    return protocol + "[" + ",".join(f"{k}={v}" for k, v in opts.items()) + "]"
+
+
 @dataclass(frozen=True)
 class StoreFingerprint:
     """The inputs of the store key, kept in the store's attributes for provenance."""
@@ -53,6 +74,7 @@ class StoreFingerprint:
     timm_version: str
     manifest_hash: str
     schema_version: int
+    dataset_options: dict | None = None  # adapter options (VisA's split, ...); in the key only when given
 
     def __post_init__(self) -> None:
         # dataset and category become folder names under the store root: they must not escape it
@@ -61,7 +83,10 @@ class StoreFingerprint:
             check_name(self.category, "category")
 
     def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        if not out["dataset_options"]:
+            del out["dataset_options"]  # stores extracted without options keep the key they always had
+        return out
 
     @property
     def key(self) -> str:
@@ -84,6 +109,7 @@ def fingerprint_for(
     dtype: str,
     manifest: pd.DataFrame,
     root: Path | None = None,
+    options: dict | None = None,
 ) -> StoreFingerprint:
     return StoreFingerprint(
         dataset=dataset,
@@ -100,4 +126,5 @@ def fingerprint_for(
         timm_version=timm.__version__,
         manifest_hash=manifest_hash(manifest, root),
         schema_version=SCHEMA_VERSION,
+        dataset_options=canonical_options(options) or None,
     )

@@ -14,7 +14,35 @@ from generalad.method.scoring import blur_params
 from storage.feature_store import FeatureStore
 from storage.report_schema import MetricRow, format_layers, format_views, scores_from_arrays
 
-__all__ = ["RunContext", "metric_rows_of", "failed_rows", "score_table_of", "pixel_postprocess_label"]
+__all__ = [
+    "RunContext",
+    "metric_rows_of",
+    "failed_rows",
+    "score_table_of",
+    "pixel_postprocess_label",
+    "preset_columns",
+]
+
+
+def preset_columns(preset: Preset, *, num_patches: int) -> dict[str, Any]:
+    """The whole resolved preset as report columns (top_k None resolved to N, the plain mean it means)."""
+    return {
+        "preset": preset.name,
+        "views": format_views(preset.views),
+        "epochs": preset.epochs,
+        "lr": preset.lr,
+        "top_k": preset.top_k or num_patches,
+        "sigma": preset.sigma,
+        "batch_size": preset.batch_size,
+        "weight_decay": preset.weight_decay,
+        "lr_min_factor": preset.lr_min_factor,
+        "epoch_subset": preset.epoch_subset,
+        "exclude_fixed_points": preset.exclude_fixed_points,
+        "disc_blocks": preset.num_blocks,
+        "disc_heads": preset.num_heads,
+        "mlp_dim": preset.mlp_dim,
+        "dropout": preset.dropout,
+    }
 
 
 def pixel_postprocess_label(image_size: int) -> str:
@@ -38,6 +66,8 @@ class RunContext:
     store_key: str
     split_protocol: str
     flow_run_id: str | None = None
+    suite: str | None = None
+    variant: str = ""
     device: str = "cpu"
     extract_seconds: float | None = None
 
@@ -68,16 +98,14 @@ class RunContext:
             "weights": self.weights,
             "image_size": self.image_size,
             "layers": format_layers(self.layers),
-            "views": format_views(preset.views),
-            "epochs": preset.epochs,
-            "lr": preset.lr,
-            "top_k": preset.top_k or num_patches,
-            "sigma": preset.sigma,
+            **preset_columns(preset, num_patches=num_patches),
             "seed": seed,
             "shots": shots,
             "feature_dtype": self.feature_dtype,
             "store_key": self.store_key,
             "split_protocol": self.split_protocol,
+            "suite": self.suite,
+            "variant": self.variant,
             "device": self.device,
             "extract_seconds": self.extract_seconds,
         }

@@ -1,7 +1,10 @@
 """The schema of the Parquet reports: one row per metric value, and one row per image score.
 
 Metric rows are long format (docs/design.md "Reports"): one row per (run, class, selection, metric), the value exactly
-as computed (never rounded), never an aggregate over classes. A failed class task is a row too (`status="failed"`,
+as computed (never rounded), never an aggregate over classes. Every row records the whole resolved training preset
+(views, epochs, lr, sigma, top_k, batch size, weight decay, cosine floor, epoch subset, fixed-point labelling and the
+discriminator's size) and `config_hash` covers all of it; `suite` and `variant` name the suite and the entry label
+(e.g. `sigma=0.5`) that produced it, so tables can give a sweep one row per variant. A failed class task is a row too (`status="failed"`,
 `value=None`, `error` says why), so a report always names what is missing.
 
 Reports hold only the columns below: never environment variables, paths of the user's home or secrets; free text
@@ -9,9 +12,16 @@ Reports hold only the columns below: never environment variables, paths of the u
 
 Example:
     >>> row = MetricRow(run_id="r1", dataset="mvtec_ad", category="bottle", backbone="vit_small_patch14_dinov2",
-    ...                 weights="hub:timm/vit_small_patch14_dinov2.lvd142m", views="clean+noise_all+noise_random",
-    ...                 epochs=160, top_k=10, class_name="bottle", metric="image_auroc", value=0.993)
+    ...                 weights="hub:timm/vit_small_patch14_dinov2.lvd142m", image_size=518, layers="-1",
+    ...                 preset="mvtec_ad", views="clean+noise_all+noise_random", epochs=160, lr=5e-4, top_k=10,
+    ...                 sigma=0.25, batch_size=16, weight_decay=1e-5, lr_min_factor=0.2, epoch_subset=None,
+    ...                 exclude_fixed_points=False, disc_blocks=1, disc_heads=4, mlp_dim=2048, dropout=0.1,
+    ...                 seed=0, feature_dtype="float16", split_protocol="official", class_name="bottle",
+    ...                 metric="image_auroc", value=0.993)
     >>> table = metric_table([row])
+
+Reading: files of schema version 1 (no suite, variant or preset columns beyond views/epochs/lr/top_k/sigma) stay
+readable; their missing columns read as null.
 """
 
 from __future__ import annotations
@@ -57,15 +67,16 @@ __all__ = [
     "scores_from_arrays",
     "environment_identity",
     "config_hash",
+    "CONFIG_COLUMNS",
     "format_layers",
     "format_views",
     "redact",
     "check_name",
 ]
 
-REPORT_SCHEMA_VERSION = "1"
+REPORT_SCHEMA_VERSION = "2"
 
-Selection = Literal["last", "best_on_test"]
+Selection = Literal["last", "best_on_test", "best_on_test_pixel"]
 Status = Literal["ok", "failed"]
 
 SELECTIONS: tuple[str, ...] = _SELECTIONS
@@ -113,11 +124,22 @@ METRIC_SCHEMA = pa.schema(
         pa.field("pretrained", pa.bool_(), nullable=False),
         pa.field("image_size", pa.int32(), nullable=False),
         pa.field("layers", pa.string(), nullable=False),
+        pa.field("preset", pa.string()),  # v2; the preset's name (the dataset it was made for)
         pa.field("views", pa.string(), nullable=False),
         pa.field("epochs", pa.int32(), nullable=False),
         pa.field("lr", pa.float64(), nullable=False),
         pa.field("top_k", pa.int32(), nullable=False),
         pa.field("sigma", pa.float64(), nullable=False),
+        # v2: the rest of the resolved preset (null in version-1 files)
+        pa.field("batch_size", pa.int32()),
+        pa.field("weight_decay", pa.float64()),
+        pa.field("lr_min_factor", pa.float64()),
+        pa.field("epoch_subset", pa.int32()),
+        pa.field("exclude_fixed_points", pa.bool_()),
+        pa.field("disc_blocks", pa.int32()),
+        pa.field("disc_heads", pa.int32()),
+        pa.field("mlp_dim", pa.int32()),
+        pa.field("dropout", pa.float64()),
         pa.field("seed", pa.int32(), nullable=False),
         pa.field("shots", pa.int32()),
         pa.field("feature_dtype", pa.string(), nullable=False),
@@ -125,6 +147,8 @@ METRIC_SCHEMA = pa.schema(
         pa.field("store_key", pa.string(), nullable=False),
         # protocol
         pa.field("split_protocol", pa.string(), nullable=False),
+        pa.field("suite", pa.string()),  # v2: the suite that ran it (None outside suites)
+        pa.field("variant", pa.string()),  # v2: the suite entry's label, "" for plain entries
         pa.field("selection", pa.string(), nullable=False),
         pa.field("eval_resolution", pa.int32()),
         pa.field("pixel_postprocess", pa.string()),
@@ -280,16 +304,27 @@ _CONFIG_COLUMNS = (
     "weights",
     "image_size",
     "layers",
+    "preset",
     "views",
     "epochs",
     "lr",
     "top_k",
     "sigma",
+    "batch_size",
+    "weight_decay",
+    "lr_min_factor",
+    "epoch_subset",
+    "exclude_fixed_points",
+    "disc_blocks",
+    "disc_heads",
+    "mlp_dim",
+    "dropout",
     "seed",
     "shots",
     "feature_dtype",
     "split_protocol",
 )
+CONFIG_COLUMNS = _CONFIG_COLUMNS
 
 
 def _utc(value: datetime) -> datetime:
@@ -323,9 +358,11 @@ def _opt_float(name: str, value: object, *, minimum: float | None = None) -> flo
 class MetricRow:
     """One metric value of one class of one run; see METRIC_SCHEMA for the column types.
 
-    Required: run_id, dataset, backbone, weights, views, epochs, top_k, class_name, metric, and value (None only
-    when status is "failed"). Defaults follow docs/method.md (lr 5e-4, sigma 0.25, seed 0, 518 px, last layer, fp16
-    features). Left as None, `generalad_version`/`torch_version`/`timm_version`/`git_sha` are read from this
+    Required, with no paper defaults (a caller states what it ran): run_id, dataset, backbone, weights,
+    image_size, layers, the whole resolved preset (preset, views, epochs, lr, top_k, sigma, batch_size,
+    weight_decay, lr_min_factor, epoch_subset, exclude_fixed_points, disc_blocks, disc_heads, mlp_dim, dropout),
+    seed, feature_dtype, split_protocol, class_name, metric, and value (None only when status is "failed").
+    Left as None, `generalad_version`/`torch_version`/`timm_version`/`git_sha` are read from this
     environment, `pretrained` follows `weights` (False for `random:`), `metric_impl` follows `metric`, and
     `config_hash` hashes the configuration columns. Invalid values raise ValueError naming the field.
     """
@@ -345,20 +382,32 @@ class MetricRow:
     backbone: str
     weights: str
     pretrained: bool | None = None
-    image_size: int = 518
-    layers: str = "-1"
+    image_size: int
+    layers: str
+    preset: str
     views: str
     epochs: int
-    lr: float = 5e-4
+    lr: float
     top_k: int
-    sigma: float = 0.25
-    seed: int = 0
+    sigma: float
+    batch_size: int
+    weight_decay: float
+    lr_min_factor: float
+    epoch_subset: int | None
+    exclude_fixed_points: bool
+    disc_blocks: int
+    disc_heads: int
+    mlp_dim: int
+    dropout: float
+    seed: int
     shots: int | None = None
-    feature_dtype: str = "float16"
+    feature_dtype: str
     config_hash: str | None = None
     store_key: str = ""
     # protocol
-    split_protocol: str = "official"
+    split_protocol: str
+    suite: str | None = None
+    variant: str = ""
     selection: str = "last"
     eval_resolution: int | None = None
     pixel_postprocess: str | None = None
@@ -403,10 +452,26 @@ class MetricRow:
             put("pretrained", not is_random)
         elif bool(self.pretrained) == is_random:
             raise ValueError(f"pretrained={self.pretrained!r} contradicts weights={self.weights!r}")
-        for name, minimum in (("image_size", 1), ("epochs", 0), ("top_k", 1), ("seed", 0)):
+        required_ints = (("image_size", 1), ("epochs", 0), ("top_k", 1), ("seed", 0), ("batch_size", 1))
+        required_ints += (("disc_blocks", 1), ("disc_heads", 1), ("mlp_dim", 1))
+        for name, minimum in required_ints:
             if _opt_int(name, getattr(self, name), minimum=minimum) is None:
                 raise ValueError(f"{name} must be an int, got None")
         _opt_int("shots", self.shots, minimum=1)
+        _opt_int("epoch_subset", self.epoch_subset, minimum=1)
+        for name in ("weight_decay", "lr_min_factor", "dropout"):
+            if _opt_float(name, getattr(self, name), minimum=0.0) is None:
+                raise ValueError(f"{name} must be a number, got None")
+        if not isinstance(self.exclude_fixed_points, bool | np.bool_):
+            raise ValueError(f"exclude_fixed_points must be a bool, got {self.exclude_fixed_points!r}")
+        put("exclude_fixed_points", bool(self.exclude_fixed_points))
+        for name in ("preset", "split_protocol", "feature_dtype"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.suite is not None and (not isinstance(self.suite, str) or not self.suite):
+            raise ValueError(f"suite must be None or a non-empty string, got {self.suite!r}")
+        if not isinstance(self.variant, str):
+            raise ValueError(f"variant must be a string ('' for plain entries), got {self.variant!r}")
         _opt_int("eval_resolution", self.eval_resolution, minimum=1)
         for name in ("epoch", "n_test", "n_anomalous"):
             _opt_int(name, getattr(self, name), minimum=0)
@@ -453,9 +518,6 @@ class MetricRow:
                 raise ValueError("a failed row needs an error message")
         if self.error is not None:
             put("error", redact(self.error)[:_MAX_ERROR_CHARS])
-        for name in ("split_protocol", "feature_dtype"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty string")
         if self.config_hash is None:
             put("config_hash", config_hash({c: getattr(self, c) for c in _CONFIG_COLUMNS}))
 

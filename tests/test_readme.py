@@ -10,6 +10,7 @@ import numpy as np
 
 from storage.report_schema import MetricRow, scores_from_arrays
 from storage.reports import ReportStore
+from tests.fixtures.rows import row_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -26,6 +27,7 @@ def _write_reports(root: Path) -> None:
         common = dict(run_id=run, dataset=dataset, backbone="vit_small_patch14_dinov2", weights="random:0")
         rows = [
             MetricRow(
+                **row_config(),
                 **common,
                 views="clean+noise_all",
                 epochs=1,

@@ -1,6 +1,6 @@
 """Paper-style tables from long-format metric rows (a DataFrame of the report store's metric schema).
 
-Rows are (backbone, weights, selection), columns are datasets (or shot counts for the few-shot table), and each
+Rows are (backbone, weights, variant, selection), columns are datasets (or shot counts for the few-shot table), and each
 cell is the mean over classes of one metric, in percent. When a class has several seeds (few-shot), its seeds are
 averaged first, so every class weighs the same. Only `status == "ok"` rows enter the means; classes whose latest
 run failed are listed under the table, and cells missing a class are marked `*`. The published number can be
@@ -8,8 +8,10 @@ shown beside ours ("ours / paper"); the paper's numbers are `best_on_test` with 
 shown only on pretrained rows.
 
 By default only the latest run of each configuration counts (`latest_only`), so a store that a weekly schedule
-appends to gives this week's table. Rows that differ in configuration (a sigma sweep, two view sets) must be
-filtered apart first: mixing them in one cell raises ValueError.
+appends to gives this week's table. A suite that varies a setting (a sigma sweep, two view sets) labels each entry
+(`variant`, e.g. `sigma=0.5`), and every variant is its own table row; rows of one variant that still differ in
+configuration raise ValueError (filter them apart first). Rows of report files without `suite`/`variant`
+(schema version 1) read as the plain variant "".
 
 Example:
     >>> frame = ReportStore("reports").read_metrics(dataset=["mvtec_ad", "visa"])  # doctest: +SKIP
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from generalad.apps import paper
+from storage.report_schema import CONFIG_COLUMNS
 
 __all__ = ["TableFormat", "TableAxis", "cell_means", "failed_classes", "render_table"]
 
@@ -59,21 +62,7 @@ _REQUIRED = (
     "config_hash",
 )
 # configuration columns named when one cell would mix several configurations
-_CONFIG_COLUMNS = (
-    "category",
-    "image_size",
-    "layers",
-    "views",
-    "epochs",
-    "lr",
-    "top_k",
-    "sigma",
-    "feature_dtype",
-    "split_protocol",
-    "eval_resolution",
-    "pixel_postprocess",
-    "metric_impl",
-)
+_CONFIG_COLUMNS = (*CONFIG_COLUMNS, "eval_resolution", "pixel_postprocess", "metric_impl")
 _MISSING = "–"
 
 
@@ -104,9 +93,14 @@ def _scope(
     datasets: Sequence[str] | None,
     backbones: Sequence[str] | None,
     latest_only: bool,
+    suite: str | None = None,
 ) -> pd.DataFrame:
     _check_frame(metrics)
-    frame = metrics
+    frame = metrics.copy()
+    for column in ("suite", "variant"):  # absent or null in version-1 report files
+        frame[column] = frame[column].fillna("") if column in frame.columns else ""
+    if suite is not None:
+        frame = frame[frame["suite"] == suite]
     if datasets is not None:
         frame = frame[frame["dataset"].isin(list(datasets))]
     if backbones is not None:
@@ -124,7 +118,7 @@ def _scope(
 
 
 def _row_keys(by: TableAxis) -> list[str]:
-    keys = ["backbone", "weights_kind", "weights", "selection"]
+    keys = ["backbone", "weights_kind", "weights", "variant", "selection"]
     return ["dataset", *keys] if by == "shots" else keys
 
 
@@ -136,13 +130,30 @@ def failed_classes(
     datasets: Sequence[str] | None = None,
     backbones: Sequence[str] | None = None,
     latest_only: bool = True,
+    suite: str | None = None,
 ) -> pd.DataFrame:
-    """The classes whose (latest) run failed: dataset, backbone, weights, class_name, seed, shots, error."""
+    """The classes whose (latest) run failed: dataset, backbone, weights, variant, class_name, seed, shots, error."""
     frame = _scope(
-        metrics, by=by, shots=shots, datasets=datasets, backbones=backbones, latest_only=latest_only
+        metrics,
+        by=by,
+        shots=shots,
+        datasets=datasets,
+        backbones=backbones,
+        latest_only=latest_only,
+        suite=suite,
     )
     failed = frame[frame["status"] == "failed"]
-    cols = ["dataset", "backbone", "weights_kind", "weights", "class_name", "seed", "shots", "error"]
+    cols = [
+        "dataset",
+        "backbone",
+        "weights_kind",
+        "weights",
+        "variant",
+        "class_name",
+        "seed",
+        "shots",
+        "error",
+    ]
     failed = failed[cols].drop_duplicates(subset=cols[:-1])
     return failed.sort_values(cols[:-1], na_position="first").reset_index(drop=True)
 
@@ -157,6 +168,7 @@ def cell_means(
     datasets: Sequence[str] | None = None,
     backbones: Sequence[str] | None = None,
     latest_only: bool = True,
+    suite: str | None = None,
 ) -> pd.DataFrame:
     """One row per table cell: row keys, `column`, `ours` (mean over classes, percent, unrounded), `n_classes`,
     `n_failed`, and `paper` (the published number, NaN where there is none or the weights are random-init).
@@ -171,14 +183,21 @@ def cell_means(
         datasets: keep only these datasets (and in this column order).
         backbones: keep only these backbones.
         latest_only: count only the latest run of each configuration.
+        suite: keep only the rows of this suite (before picking the latest runs).
 
     Raises:
-        ValueError: when a cell would average different configurations of the same class (filter first).
+        ValueError: when a cell would average different configurations of one class and variant (filter first).
     """
     selections = [selection] if isinstance(selection, str) else list(selection)
-    frame = _scope(
-        metrics, by=by, shots=shots, datasets=datasets, backbones=backbones, latest_only=latest_only
-    )
+    scope = {
+        "by": by,
+        "shots": shots,
+        "datasets": datasets,
+        "backbones": backbones,
+        "latest_only": latest_only,
+    }
+    scope["suite"] = suite
+    frame = _scope(metrics, **scope)
     keys = _row_keys(by)
     ok = frame[(frame["status"] == "ok") & (frame["metric"] == metric) & frame["selection"].isin(selections)]
     _check_one_config(ok, [*keys, "column"])
@@ -187,9 +206,7 @@ def cell_means(
         ours=("value", "mean"), n_classes=("class_name", "nunique")
     )
     cells["ours"] = cells["ours"] * 100.0
-    failed = failed_classes(
-        metrics, by=by, shots=shots, datasets=datasets, backbones=backbones, latest_only=latest_only
-    )
+    failed = failed_classes(metrics, **scope)
     group = [k for k in keys if k != "selection"]
     if not failed.empty:
         failed = failed.assign(
@@ -266,6 +283,7 @@ def render_table(
     fmt: TableFormat = "markdown",
     digits: int = 1,
     latest_only: bool = True,
+    suite: str | None = None,
 ) -> str:
     """The paper's table layout as markdown or CSV.
 
@@ -277,19 +295,16 @@ def render_table(
     if fmt not in ("markdown", "csv"):
         raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
     selections = [selection] if isinstance(selection, str) else list(selection)
-    cells = cell_means(
-        metrics,
-        metric=metric,
-        selection=selections,
-        by=by,
-        shots=shots,
-        datasets=datasets,
-        backbones=backbones,
-        latest_only=latest_only,
-    )
-    failed = failed_classes(
-        metrics, by=by, shots=shots, datasets=datasets, backbones=backbones, latest_only=latest_only
-    )
+    scope = {
+        "by": by,
+        "shots": shots,
+        "datasets": datasets,
+        "backbones": backbones,
+        "latest_only": latest_only,
+    }
+    scope["suite"] = suite
+    cells = cell_means(metrics, metric=metric, selection=selections, **scope)
+    failed = failed_classes(metrics, **scope)
     keys = _row_keys(by)
     columns = _columns(cells, by, datasets)
     row_index = cells[keys].drop_duplicates()
@@ -297,7 +312,7 @@ def render_table(
         _b=row_index["backbone"].map(_backbone_order),
         _s=row_index["selection"].map(lambda s: selections.index(s) if s in selections else len(selections)),
     )
-    order = [*(["dataset"] if by == "shots" else []), "_b", "weights_kind", "weights", "_s"]
+    order = [*(["dataset"] if by == "shots" else []), "_b", "weights_kind", "weights", "variant", "_s"]
     row_index = row_index.sort_values(order).drop(columns=["_b", "_s"])
     lookup = {(tuple(r[k] for k in keys), r["column"]): r for r in cells.to_dict("records")}
     if fmt == "csv":
@@ -311,6 +326,7 @@ def _failed_in_row(failed: pd.DataFrame, row: dict, by: TableAxis) -> list[str]:
     match = failed[
         (failed["backbone"] == row["backbone"])
         & (failed["weights"] == row["weights"])
+        & (failed["variant"] == row["variant"])
         & ((failed["dataset"] == row["dataset"]) if by == "shots" else True)
     ]
     return [f"{r['dataset']}/{r['class_name']}" for r in match.to_dict("records")]
@@ -353,14 +369,21 @@ def _markdown(
             "weights, shown on pretrained rows only."
         )
     lines.append("")
-    head = [*(["dataset"] if by == "shots" else []), "backbone", "weights", "selection"]
+    variants = bool(row_index["variant"].astype(bool).any())  # a column only when some entry is labelled
+    head = [
+        *(["dataset"] if by == "shots" else []),
+        "backbone",
+        "weights",
+        *(["variant"] * variants),
+        "selection",
+    ]
     head += [_column_title(c, by) for c in columns]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     any_partial = False
     for row in row_index.to_dict("records"):
         text = [*([paper.DATASET_TITLES.get(row["dataset"], row["dataset"])] if by == "shots" else [])]
-        text += [row["backbone"], row["weights_kind"], row["selection"]]
+        text += [row["backbone"], row["weights_kind"], *([row["variant"]] * variants), row["selection"]]
         for column in columns:
             cell = lookup.get((tuple(row[k] for k in keys), column))
             if cell is None:

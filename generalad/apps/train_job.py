@@ -62,10 +62,13 @@ def train_from_store(
     seed: int = 0,
     shots: int | None = None,
     eval_every_epoch: bool = False,
+    select_on_pixel: bool = False,
     progress: bool = True,
     device: str = "cpu",
 ) -> RunResult:
-    """Train and evaluate one discriminator on `store` with `normal_class` as the normal class."""
+    """Train and evaluate one discriminator on `store` with `normal_class` as the normal class.
+
+    `select_on_pixel` (stores with masks, with `eval_every_epoch`): also report `best_on_test_pixel`."""
     split = store.split(normal_class)
     return run_one_class(
         store,
@@ -74,6 +77,7 @@ def train_from_store(
         seed=seed,
         shots=shots,
         eval_every_epoch=eval_every_epoch,
+        select_on_pixel=select_on_pixel and eval_every_epoch and store.has_masks,
         masks=_test_masks(store, split.test_rows),
         image_size=store.image_size,
         progress=progress,

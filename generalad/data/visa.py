@@ -65,7 +65,8 @@ class VisaDataset(IndustrialDataset):
             raise ConfigError(
                 f"VisA split {split!r} is unknown; choose one of {', '.join(get_args(VisaSplit))}"
             )
-        super().__init__(root, category, split=split)
+        # only a non-default split is an option: the official split's stores keep their key and protocol label
+        super().__init__(root, category, **({} if split == "1cls_csv" else {"split": split}))
         self.split: VisaSplit = split
 
     @property

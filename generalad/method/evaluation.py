@@ -21,7 +21,14 @@ from generalad.method.metrics import aupro, average_precision, f1_max, image_aur
 from generalad.method.scoring import anomaly_maps, image_scores, patch_logits
 from generalad.method.split import OneClassSplit
 
-__all__ = ["Evaluation", "evaluate", "evaluate_logits", "IMAGE_METRICS", "PIXEL_METRICS"]
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "evaluate_logits",
+    "pixel_auroc_of_logits",
+    "IMAGE_METRICS",
+    "PIXEL_METRICS",
+]
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "aupro")
@@ -101,13 +108,28 @@ def evaluate_logits(
     if masks is not None:
         masks = np.asarray(masks)
         size = _check_masks(masks, len(rows), image_size)
-        maps = np.empty((len(rows), size, size), dtype=np.float32)
-        for start in range(0, len(rows), map_batch_size):
-            chunk = logits[start : start + map_batch_size]
-            maps[start : start + len(chunk)] = anomaly_maps(chunk, size).numpy()
+        maps = _maps(logits, size, map_batch_size)
         metrics["pixel_auroc"] = pixel_auroc(maps, masks)
         metrics["aupro"] = aupro(maps, masks)
     return Evaluation(rows=rows, scores=scores, labels=labels, metrics=metrics, image_size=size)
+
+
+def _maps(logits: torch.Tensor, size: int, map_batch_size: int) -> np.ndarray:
+    maps = np.empty((logits.shape[0], size, size), dtype=np.float32)
+    for start in range(0, logits.shape[0], map_batch_size):
+        chunk = logits[start : start + map_batch_size]
+        maps[start : start + len(chunk)] = anomaly_maps(chunk, size).numpy()
+    return maps
+
+
+def pixel_auroc_of_logits(
+    logits: torch.Tensor, masks: np.ndarray, *, image_size: int | None = None, map_batch_size: int = 16
+) -> float:
+    """Pixel AUROC of test-set patch logits against masks (n_test, S, S): what a per-epoch pixel selection needs
+    (no AUPRO, which is computed only for the epochs reported)."""
+    masks = np.asarray(masks)
+    size = _check_masks(masks, logits.shape[0], image_size)
+    return pixel_auroc(_maps(logits, size, map_batch_size), masks)
 
 
 def evaluate(

@@ -3,8 +3,10 @@
 Model selection (docs/method.md section 4): ``last`` is the model after the final epoch (the honest protocol).
 With ``eval_every_epoch=True`` the test set is scored after every epoch and ``best_on_test`` is the epoch with
 the highest image AUROC (the earliest on ties), which is the reference's oracle selection; both come from the
-same training run. Without ``eval_every_epoch`` only ``last`` is produced: choosing an epoch on the test set
-needs the per-epoch scores. Per-epoch evaluation keeps only logits; pixel metrics are computed once per
+same training run. With ``select_on_pixel=True`` (and masks) the pixel AUROC is computed after every epoch too, and
+``best_on_test_pixel`` is the epoch with the highest pixel AUROC (earliest on ties): the selection behind the
+paper's Table 2 pixel numbers (the reference's ``val_monitor=pixel_auroc``, docs/method.md section 7). Without
+``eval_every_epoch`` only ``last`` is produced: choosing an epoch on the test set needs the per-epoch scores. Per-epoch evaluation keeps only logits; pixel metrics are computed once per
 reported selection. Evaluating every epoch does not change training (the RNG state is preserved).
 """
 
@@ -18,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from generalad.errors import TrainingError
+from generalad.errors import ConfigError, TrainingError
 from generalad.method.discriminator import Discriminator
-from generalad.method.evaluation import Evaluation, evaluate_logits
+from generalad.method.evaluation import Evaluation, evaluate_logits, pixel_auroc_of_logits
 from generalad.method.feature_source import FeatureSource
 from generalad.method.presets import Preset
 from generalad.method.scoring import patch_logits
@@ -29,7 +31,7 @@ from generalad.method.training import fewshot_rows, train_discriminator
 
 __all__ = ["Selection", "RunResult", "run_one_class", "metric_rows"]
 
-Selection = Literal["last", "best_on_test"]
+Selection = Literal["last", "best_on_test", "best_on_test_pixel"]
 
 
 @dataclass
@@ -46,9 +48,10 @@ class RunResult:
         batch_size: images per step actually used.
         scores: per-image scores of the ``last`` selection: row, score, label.
         metrics: metric rows (metric, value, selection, epoch, n_test, n_anomalous, image_size).
-        evaluations: selection -> Evaluation ("last", plus "best_on_test" with per-epoch evaluation).
-        epoch_metrics: per-epoch image metrics (epoch, image_auroc, image_ap, image_f1_max) when evaluated
-            every epoch, else [].
+        evaluations: selection -> Evaluation ("last", plus "best_on_test" with per-epoch evaluation, plus
+            "best_on_test_pixel" when selecting on pixel AUROC).
+        epoch_metrics: per-epoch image metrics (epoch, image_auroc, image_ap, image_f1_max, and pixel_auroc when
+            selecting on it) when evaluated every epoch, else [].
         history: the training history (loss per epoch, lr, ...).
         train_seconds: training time, per-epoch evaluation excluded.
         eval_seconds: evaluation time, per-epoch evaluation included.
@@ -120,6 +123,7 @@ def run_one_class(
     epochs: int | None = None,
     shots: int | None = None,
     eval_every_epoch: bool = False,
+    select_on_pixel: bool = False,
     masks: np.ndarray | None = None,
     image_size: int | None = None,
     progress: bool = True,
@@ -135,6 +139,8 @@ def run_one_class(
         epochs: overrides ``preset.epochs``.
         shots: train on a seeded random sample of this many normal images.
         eval_every_epoch: score the test set after every epoch and also report ``best_on_test``.
+        select_on_pixel: with ``eval_every_epoch`` and ``masks``, also compute the pixel AUROC every epoch and
+            report ``best_on_test_pixel``; ConfigError without masks or per-epoch evaluation.
         masks: ground truth (n_test, S, S) aligned with ``split.test_rows``: adds pixel_auroc and aupro.
         image_size: S for the pixel metrics (defaults to the masks' size).
         progress: show a progress bar while training.
@@ -145,6 +151,8 @@ def run_one_class(
             failed.
     """
     _check_test_labels(split)
+    if select_on_pixel and (masks is None or not eval_every_epoch):
+        raise ConfigError("select_on_pixel needs ground-truth masks and eval_every_epoch=True")
     if epochs is not None:
         preset = preset.with_overrides(epochs=epochs)
     train_rows = np.asarray(split.train_rows, dtype=np.int64)
@@ -157,6 +165,9 @@ def run_one_class(
         "best_epoch": None,
         "best_logits": None,
         "last_logits": None,
+        "best_pixel": -np.inf,
+        "pixel_epoch": None,
+        "pixel_logits": None,
     }
     eval_seconds = 0.0
 
@@ -168,6 +179,11 @@ def run_one_class(
         epoch_metrics.append({"epoch": epoch, **image_eval.metrics})
         if image_eval.metrics["image_auroc"] > tracked["best_auroc"]:
             tracked.update(best_auroc=image_eval.metrics["image_auroc"], best_epoch=epoch, best_logits=logits)
+        if select_on_pixel:
+            pixel = pixel_auroc_of_logits(logits, masks, image_size=image_size)
+            epoch_metrics[-1]["pixel_auroc"] = pixel
+            if pixel > tracked["best_pixel"]:
+                tracked.update(best_pixel=pixel, pixel_epoch=epoch, pixel_logits=logits)
         tracked["last_logits"] = logits
         eval_seconds += time.perf_counter() - start
 
@@ -190,16 +206,19 @@ def run_one_class(
         "last": evaluate_logits(last_logits, split, top_k=preset.top_k, masks=masks, image_size=image_size)
     }
     rows = metric_rows(evaluations["last"], selection="last", epoch=preset.epochs)
-    if eval_every_epoch:
-        best_epoch = tracked["best_epoch"]
+    chosen = [("best_on_test", "best_epoch", "best_logits")] if eval_every_epoch else []
+    if select_on_pixel:
+        chosen.append(("best_on_test_pixel", "pixel_epoch", "pixel_logits"))
+    for selection, epoch_key, logits_key in chosen:
+        best_epoch = tracked[epoch_key]
         if best_epoch == preset.epochs:
             best = evaluations["last"]
         else:
             best = evaluate_logits(
-                tracked["best_logits"], split, top_k=preset.top_k, masks=masks, image_size=image_size
+                tracked[logits_key], split, top_k=preset.top_k, masks=masks, image_size=image_size
             )
-        evaluations["best_on_test"] = best
-        rows += metric_rows(best, selection="best_on_test", epoch=best_epoch)
+        evaluations[selection] = best
+        rows += metric_rows(best, selection=selection, epoch=best_epoch)
     eval_seconds += time.perf_counter() - start
 
     return RunResult(

@@ -12,6 +12,7 @@ from PIL import Image
 import flows.reproduce as reproduce
 from storage.report_schema import MetricRow
 from storage.reports import ReportStore
+from tests.fixtures.rows import row_config
 
 
 @pytest.fixture()
@@ -29,6 +30,7 @@ def captured(monkeypatch) -> dict[str, list]:
 def _frame(tmp_path, sigmas):
     rows = [
         MetricRow(
+            **row_config(sigma=sigma),
             run_id="r",
             dataset="mvtec_ad",
             backbone="vit_small_patch14_dinov2",
@@ -36,7 +38,6 @@ def _frame(tmp_path, sigmas):
             views="clean+noise_all+noise_random",
             epochs=1,
             top_k=10,
-            sigma=sigma,
             class_name=cls,
             metric="image_auroc",
             value=0.5 + sigma / 4,

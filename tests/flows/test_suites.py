@@ -28,12 +28,14 @@ def clean_env(monkeypatch):
 
 @pytest.mark.parametrize("suite_name, entry", ALL_ENTRIES, ids=[f"{n}-{e.dataset}" for n, e in ALL_ENTRIES])
 def test_entry_fits_datasets_presets_and_backbones(suite_name, entry):
-    from generalad.backbone import SUPPORTED_BACKBONES
+    from generalad.backbone import BackboneSpec
     from generalad.data import get_dataset_class, list_datasets
     from generalad.method.presets import preset_for
 
     assert entry.dataset in list_datasets()
-    assert entry.backbone in SUPPORTED_BACKBONES
+    # a timm ViT with a class token whose patch size divides the entry's image size
+    spec = BackboneSpec(name=entry.backbone, weights="random", image_size=entry.image_size)
+    assert spec.grid * spec.patch_size == entry.image_size
     preset = preset_for(entry.dataset).with_overrides(
         **entry.overrides()
     )  # validates views, sigma, top_k, epochs
@@ -72,6 +74,7 @@ def test_table1():
 def test_table2_and_table3():
     t2 = get_suite("table2")
     assert t2.datasets() == ["mvtec_ad", "visa"] and all(e.pixel_metrics for e in t2.entries)
+    assert all(e.select_on_pixel for e in t2.entries)
     assert {e.backbone for e in t2.entries} == set(suites.PAPER_BACKBONES)
     t3 = get_suite("table3")
     assert t3.datasets() == ["mvtec_ad"] and len(t3.entries) == 3
@@ -81,11 +84,27 @@ def test_table2_and_table3():
 
 
 def test_table4_table5_fig4():
+    from generalad.apps import paper
+
     t4 = get_suite("table4")
-    assert {e.backbone for e in t4.entries} == set(suites.PAPER_BACKBONES + suites.REG4_BACKBONES)
+    assert t4.datasets() == ["cifar10", "aircraft", "mvtec_ad", "mvtec_loco"]
+    assert {e.backbone for e in t4.entries} == {
+        "vit_base_patch16_224.augreg_in21k",
+        "vit_base_patch16_clip_224.laion2b",
+        "vit_base_patch8_224.dino",
+        "vit_base_patch14_reg4_dinov2",
+        "vit_base_patch14_dinov2",
+    }
+    # every entry's label finds its stored paper number (docs/method.md section 7)
+    assert all(paper.backbone_ablation(e.dataset, e.label) is not None for e in t4.entries)
+    assert paper.backbone_ablation("mvtec_loco", "backbone=ViT-B/16-IN21k") == 68.1
+    assert {e.image_size for e in t4.entries if "patch14" not in e.backbone} == {224}
     t5 = get_suite("table5")
     assert t5.datasets() == ["cifar10", "aircraft", "mvtec_ad", "mvtec_loco"]
-    assert {e.backbone for e in t5.entries} == {"vit_base_patch14_dinov2"}
+    assert {e.backbone for e in t5.entries} == {
+        "vit_large_patch14_dinov2"
+    }  # ViT-L (docs/method.md section 2)
+    assert all(paper.distortion_ablation(e.dataset, e.label) is not None for e in t5.entries)
     views = {e.views for e in t5.entries}
     assert views == {
         ("clean", "noise_all"),
@@ -97,6 +116,7 @@ def test_table4_table5_fig4():
     top_ks = {e.top_k for e in fig4.entries if e.top_k is not None}
     assert sigmas == {0.01, 0.05, 0.1, 0.25, 0.5, 1.0} and top_ks == {1, 10, 100, 1369}
     assert len({(e.dataset, e.label) for e in fig4.entries}) == len(fig4.entries)  # labels tell entries apart
+    assert all("backbone assumed ViT-B" in e.label for e in fig4.entries) and "assumed" in fig4.description
 
 
 def test_quickstart_and_smoke():
@@ -120,6 +140,7 @@ def test_unknown_suite_lists_the_suites():
     "kw",
     [
         {"image_size": 500},
+        {"image_size": 518, "backbone": "vit_base_patch16_224.augreg_in21k"},
         {"seeds": ()},
         {"seeds": (-1,)},
         {"shots": (0,)},
@@ -205,3 +226,11 @@ def test_missing_datasets(tmp_path):
     assert all("\n" not in line and "how to get it: " in line for line in missing.values())
     assert missing_datasets(get_suite("smoke").entries, {"quickstart": str(tmp_path)}) == {}
     assert "generate_quickstart" in missing_datasets("smoke", {})["quickstart"]
+
+
+def test_dataset_options_are_normalised_and_hashable():
+    entry = SuiteEntry(dataset="visa", dataset_options={"split": "listing_80_20"})
+    assert entry.dataset_options == (("split", "listing_80_20"),) and entry.options() == {
+        "split": "listing_80_20"
+    }
+    assert hash(entry) == hash(SuiteEntry(dataset="visa", dataset_options=[("split", "listing_80_20")]))

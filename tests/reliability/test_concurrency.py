@@ -10,6 +10,7 @@ from pathlib import Path
 from storage.extraction import _writer_lock, plan_store
 from storage.report_schema import MetricRow, scores_from_arrays
 from storage.reports import ReportStore
+from tests.fixtures.rows import row_config
 from tests.reliability.conftest import SPEC, extract, fork_context, published, store_values, write_json
 
 TIMEOUT_S = 120
@@ -62,6 +63,7 @@ def test_a_second_writer_waits_for_the_lock(adapter, tmp_path) -> None:
 def _rows(run_id: str, attempt: int, n_classes: int = 4) -> list[MetricRow]:
     return [
         MetricRow(
+            **row_config(),
             run_id=run_id,
             dataset=("mvtec_ad", "visa")[c % 2],  # every writer writes into the same two partitions
             backbone="vit_small_patch14_dinov2",

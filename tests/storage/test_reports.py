@@ -28,6 +28,7 @@ from storage.report_schema import (
     scores_from_arrays,
 )
 from storage.reports import ReportStore
+from tests.fixtures.rows import row_config
 
 BACKBONE = "vit_small_patch14_dinov2"
 
@@ -41,6 +42,7 @@ def make_rows(
         for selection in ("last", "best_on_test"):
             rows.append(
                 MetricRow(
+                    **row_config(**{k: kw.pop(k) for k in list(kw) if k in row_config()}),
                     run_id=run_id,
                     dataset=dataset,
                     category=f"cat{i}",
@@ -111,6 +113,7 @@ def test_metric_row_fills_defaults():
     assert len(row.config_hash) == 16
     assert row.created_at.tzinfo is not None
     rnd = MetricRow(
+        **row_config(),
         run_id="r", dataset="cifar10", backbone=BACKBONE, weights="random:0", views="clean+noise_all",
         epochs=1, top_k=1369, class_name="airplane", metric="image_auroc", value=0.5,
     )  # fmt: skip
@@ -137,6 +140,12 @@ def test_metric_row_fills_defaults():
         ({"epochs": 1.5}, "epochs"),
         ({"shots": 0}, "shots"),
         ({"error": "should not be here"}, "no error"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epoch_subset": 0}, "epoch_subset"),
+        ({"dropout": None}, "dropout"),
+        ({"exclude_fixed_points": "no"}, "exclude_fixed_points"),
+        ({"preset": ""}, "preset"),
+        ({"variant": None}, "variant"),
     ],
 )
 def test_metric_row_rejects_bad_values(change, match):
@@ -144,7 +153,7 @@ def test_metric_row_rejects_bad_values(change, match):
         run_id="r", dataset="mvtec_ad", backbone=BACKBONE, weights="hub:x", views="clean+noise_all",
         epochs=1, top_k=10, class_name="bottle", metric="image_auroc", value=0.5,
     )  # fmt: skip
-    kw.update(change)
+    kw = row_config() | kw | change
     with pytest.raises(ValueError, match=match):
         MetricRow(**kw)
 
@@ -152,6 +161,7 @@ def test_metric_row_rejects_bad_values(change, match):
 def test_failed_row_and_redaction(monkeypatch):
     monkeypatch.setenv("MY_API_TOKEN", "s3cr3t-value-123")
     row = MetricRow.failed(
+        **row_config(),
         error=RuntimeError("boom with s3cr3t-value-123 and s3://user:pw@bucket/x"),
         run_id="r", dataset="mvtec_ad", backbone=BACKBONE, weights="hub:x", views="clean+noise_all",
         epochs=1, top_k=10, class_name="bottle",
@@ -161,6 +171,7 @@ def test_failed_row_and_redaction(monkeypatch):
     assert row.error.startswith("RuntimeError: boom")
     with pytest.raises(ValueError, match="error message"):
         MetricRow(
+            **row_config(),
             run_id="r", dataset="d", backbone="b", weights="hub:x", views="clean+noise_all", epochs=1,
             top_k=10, class_name="c", metric="image_auroc", value=None, status="failed",
         )  # fmt: skip
@@ -358,6 +369,7 @@ def test_reports_carry_no_environment(tmp_path, monkeypatch):
     store = ReportStore(str(tmp_path / "r"))
     rows = make_rows("a", n=1) + [
         MetricRow.failed(
+            **row_config(),
             error="could not reach very-secret-key-xyz",
             run_id="a",
             dataset="mvtec_ad",

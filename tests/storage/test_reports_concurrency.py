@@ -10,6 +10,7 @@ import pytest
 
 from storage.report_schema import MetricRow, scores_from_arrays
 from storage.reports import ReportStore
+from tests.fixtures.rows import row_config
 
 DATASETS = ("mvtec_ad", "visa")
 
@@ -17,6 +18,7 @@ DATASETS = ("mvtec_ad", "visa")
 def _rows(run_id: str, n_classes: int) -> list[MetricRow]:
     return [
         MetricRow(
+            **row_config(),
             run_id=run_id,
             dataset=DATASETS[i % 2],  # every writer writes into the same partitions
             backbone="vit_small_patch14_dinov2",

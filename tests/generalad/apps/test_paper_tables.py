@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from generalad.apps.report_tables import cell_means, failed_classes, render_table
+from tests.fixtures.rows import row_config
 
 S, B = "vit_small_patch14_dinov2", "vit_base_patch14_dinov2"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -188,7 +189,7 @@ def test_markdown_layout(full_shot):
 def test_csv_layout(full_shot):
     text = render_table(full_shot, fmt="csv", with_paper=True, selection=["last", "best_on_test"])
     table = pd.read_csv(io.StringIO(text))
-    assert list(table.columns[:5]) == ["backbone", "weights", "weights_id", "selection", "metric"]
+    assert list(table.columns[:6]) == ["backbone", "weights", "weights_id", "variant", "selection", "metric"]
     small = table[(table.backbone == S) & (table.weights == "pretrained") & (table.selection == "last")].iloc[
         0
     ]
@@ -206,11 +207,18 @@ def test_works_on_a_frame_read_from_the_report_store():
     common = dict(dataset="mpdd", backbone=B, weights="hub:timm/vit_base_patch14_dinov2.lvd142m",
                   views="clean+noise_all+noise_random", epochs=160, top_k=10, metric="image_auroc")  # fmt: skip
     rows = [
-        MetricRow(run_id="a", class_name=c, category=c, value=v, **common)
+        MetricRow(**row_config(), run_id="a", class_name=c, category=c, value=v, **common)
         for c, v in [("tubes", 0.97), ("bracket_white", 0.99)]
     ]
     rows.append(
-        MetricRow.failed(run_id="a", class_name="metal_plate", category="metal_plate", error="OOM", **common)
+        MetricRow.failed(
+            **row_config(),
+            run_id="a",
+            class_name="metal_plate",
+            category="metal_plate",
+            error="OOM",
+            **common,
+        )
     )
     store.write_run("a", rows)
     metrics = store.read_metrics()

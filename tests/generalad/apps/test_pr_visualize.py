@@ -26,6 +26,7 @@ from generalad.apps.visualize import (
     write_sweep_plots,
 )
 from generalad.errors import ConfigError
+from tests.fixtures.rows import row_config
 
 
 def test_colour_table_runs_from_blue_to_red_and_clips():
@@ -162,6 +163,7 @@ def test_sweep_plots_from_a_real_report_store(tmp_path):
 
     def row(sigma: float, top_k: int, value: float, class_name: str) -> MetricRow:
         return MetricRow(
+            **row_config(sigma=sigma),
             run_id="fig4",
             dataset="mvtec_ad",
             category=class_name,
@@ -170,7 +172,6 @@ def test_sweep_plots_from_a_real_report_store(tmp_path):
             views="clean+noise_all+noise_random",
             epochs=1,
             top_k=top_k,
-            sigma=sigma,
             class_name=class_name,
             metric="image_auroc",
             value=value,
