@@ -30,8 +30,8 @@ from flows.extract import extract_store
 from flows.runtime import api_for_subprocesses, new_run_id, plan_dask
 from flows.suites import Suite, SuiteEntry, dataset_roots, get_suite, missing_datasets
 from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
-from generalad.apps.report_tables import render_table
-from generalad.apps.visualize import markdown_images, sweep_plots
+from generalad.apps.suite_tables import fig4_plots, render_suite
+from generalad.apps.visualize import markdown_images
 from generalad.backbone import resolve_weights
 from generalad.data import generate_quickstart, get_dataset_class
 from generalad.defaults import default_reports_root, default_store_root
@@ -120,7 +120,7 @@ def reproduce_all(
     ]
 
     # 4. reports
-    table_md = _write_reports(reports, run_id, outcomes, failures)
+    table_md = _write_reports(reports, run_id, the_suite.name, outcomes, failures)
 
     # 5. fail, naming every failure
     summary = {
@@ -327,8 +327,11 @@ def _this_flow_run_id() -> str | None:
 # -- 4. reports --------------------------------------------------------------------------------------------------
 
 
-def _write_reports(reports: str, run_id: str, outcomes: list[Outcome], failures: list[str]) -> str:
-    """Write every class's rows (a failed one as its status="failed" row); publish artifacts; the table."""
+def _write_reports(
+    reports: str, run_id: str, suite: str, outcomes: list[Outcome], failures: list[str]
+) -> str:
+    """Write every class's rows (a failed one as its status="failed" row); publish artifacts; the suite's table
+    in the paper's layout (`render_suite`)."""
     import pyarrow as pa
 
     metric_rows, score_tables = [], []
@@ -343,7 +346,7 @@ def _write_reports(reports: str, run_id: str, outcomes: list[Outcome], failures:
     report_store = ReportStore(reports)
     report_store.write_run(run_id, metric_rows, pa.concat_tables(score_tables) if score_tables else None)
     frame = report_store.read_metrics(run_id=run_id)
-    table_md = render_table(frame, with_paper=True)
+    table_md = render_suite(frame, suite)
     _publish_artifacts(frame, table_md, failures)
     return table_md
 
@@ -360,7 +363,7 @@ def _publish_artifacts(frame, table_md: str, failures: list[str]) -> None:
     if failures:
         text += "\n## Failures\n\n" + "\n".join(f"- {redact(f)}" for f in failures) + "\n"
     create_markdown_artifact(text, key="reproduce-summary", description="reproduce-all summary")
-    plots = sweep_plots(ok)  # paper Fig. 4 style, only when this run swept sigma or K (the fig4 suite)
+    plots = fig4_plots(ok)  # paper Fig. 4, only for the rows of the fig4 suite's sweep entries
     if plots:
         pictures = {f"image AUROC vs {name}": image for name, image in plots.items()}
         create_markdown_artifact(

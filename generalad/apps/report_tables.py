@@ -30,7 +30,7 @@ import pandas as pd
 from generalad.apps import paper
 from storage.report_schema import CONFIG_COLUMNS
 
-__all__ = ["TableFormat", "TableAxis", "cell_means", "failed_classes", "render_table"]
+__all__ = ["TableFormat", "TableAxis", "cell_means", "failed_classes", "render_table", "scoped_rows"]
 
 TableFormat = Literal["markdown", "csv"]
 TableAxis = Literal["dataset", "shots"]
@@ -115,6 +115,21 @@ def _scope(
     frame["weights_kind"] = _weights_kind(frame["pretrained"].astype(bool))
     frame["column"] = frame["dataset"] if by == "dataset" else frame["shots"].astype("int64")
     return frame
+
+
+def scoped_rows(
+    metrics: pd.DataFrame,
+    *,
+    suite: str | None = None,
+    by: TableAxis = "dataset",
+    shots: int | None = None,
+    latest_only: bool = True,
+) -> pd.DataFrame:
+    """The rows a table would use: of `suite` (all when None), full-shot (by="dataset", or `shots`) or few-shot
+    (by="shots"), the latest run of each configuration, with `weights_kind` and `column` added."""
+    return _scope(
+        metrics, by=by, shots=shots, datasets=None, backbones=None, latest_only=latest_only, suite=suite
+    )
 
 
 def _row_keys(by: TableAxis) -> list[str]:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE
+from generalad.defaults import DEFAULT_BACKBONE
 
-__all__ = ["add_backbone_options", "print_metrics", "refuse_existing"]
+__all__ = ["add_backbone_options", "image_size_of", "print_metrics", "refuse_existing"]
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument(
-        "--backbone", default=DEFAULT_BACKBONE, help=f"timm model name (default {DEFAULT_BACKBONE})"
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"timm ViT with a class token (default {DEFAULT_BACKBONE}; also e.g. vit_base_patch16_224.augreg_in21k, "
+        "vit_base_patch8_224.dino)",
     )
     group.add_argument(
         "--weights",
@@ -24,8 +27,9 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--image-size",
         type=int,
-        default=IMAGE_SIZE,
-        help=f"input side, a multiple of 14 (default {IMAGE_SIZE})",
+        default=None,
+        help="input side, a multiple of the backbone's patch size (default: 518 for patch-14 models, the "
+        "paper's; 224 for patch-16 and patch-8 models, their weights' resolution)",
     )
     group.add_argument(
         "--layers", type=int, nargs="+", default=[-1], help="blocks whose tokens are kept (default: the last)"
@@ -35,6 +39,15 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--batch-size", type=int, default=8, help="backbone batch size")
     group.add_argument("--device", default="cpu", help="torch device for the backbone (cpu, cuda, ...)")
+
+
+def image_size_of(args: argparse.Namespace) -> int:
+    """`--image-size`, else the documented default for the backbone's patch size."""
+    if args.image_size is not None:
+        return int(args.image_size)
+    from generalad.backbone import default_image_size, vit_info
+
+    return default_image_size(vit_info(args.backbone.split(".", 1)[0]).patch_size)
 
 
 def print_metrics(rows: list[dict]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from generalad.cli.common import add_backbone_options
+from generalad.cli.common import add_backbone_options, image_size_of
 
 __all__ = ["add_parsers", "COMMANDS"]
 
@@ -27,6 +27,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     extract.add_argument(
         "--store", default=None, help="store root, local path or fsspec URL (default ./stores)"
     )
+    extract.add_argument(
+        "--dataset-option",
+        dest="dataset_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, repeatable, e.g. split=listing_80_20 for VisA (the reference's split); part of "
+        "the store key and of the rows' protocol",
+    )
     extract.add_argument("--no-progress", action="store_true")
     add_backbone_options(extract)
 
@@ -45,6 +54,17 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings as a dict; SystemExit naming a malformed one."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--dataset-option must be KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from generalad.backbone import BackboneSpec
     from generalad.data import get_dataset
@@ -55,10 +75,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         name=args.backbone,
         weights=args.weights,
         seed=args.seed,
-        image_size=args.image_size,
+        image_size=image_size_of(args),
         layers=tuple(args.layers),
     )
-    adapter = get_dataset(args.dataset, args.root, category=args.category)
+    adapter = get_dataset(args.dataset, args.root, category=args.category, **_options(args.dataset_options))
     result = extract_features(
         adapter,
         spec,

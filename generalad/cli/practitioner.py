@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from generalad.cli.common import add_backbone_options
+from generalad.cli.common import add_backbone_options, image_size_of
 
 __all__ = ["add_parsers", "COMMANDS", "default_fit_store"]
 
@@ -183,7 +183,7 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
         name=args.backbone,
         weights=weights,
         seed=args.backbone_seed,
-        image_size=args.image_size,
+        image_size=image_size_of(args),
         layers=tuple(args.layers),
     )
     dataset = folder_dataset(

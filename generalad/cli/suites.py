@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from generalad.defaults import SELECTIONS
 from generalad.errors import GeneralADError
 
 __all__ = ["add_parsers", "COMMANDS"]
@@ -41,9 +42,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--reports", default=None, help="report store (default $GENERALAD_REPORTS, else ./reports)"
     )
-    report.add_argument("--suite", default=None, help="only the datasets of this suite")
-    report.add_argument("--metric", default="image_auroc")
-    report.add_argument("--selection", default="last", choices=("last", "best_on_test"))
+    report.add_argument(
+        "--suite",
+        default=None,
+        help="only the rows of this suite, in the paper's layout (table2: pixel AUROC under last and "
+        "best_on_test_pixel; table3: mean ± std over seeds; table4/table5: a row per variant; fig4: the sweeps)",
+    )
+    report.add_argument("--metric", default="image_auroc", help="metric of the plain table (without --suite)")
+    report.add_argument("--selection", default="last", choices=SELECTIONS)
+    report.add_argument("--plot-dir", default=None, help="with --suite fig4: also write the sweep plots here")
     report.add_argument("--format", dest="fmt", default="markdown", choices=("markdown", "csv"))
     report.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
 
@@ -102,21 +109,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     frame = ReportStore(args.reports).read_metrics()
     if frame.empty:
         raise GeneralADError(f"no report rows in {args.reports}")
-    datasets = None
-    if args.suite:
-        from flows.suites import get_suite
-
-        datasets = get_suite(args.suite).datasets()
-    print(
-        render_table(
-            frame,
-            metric=args.metric,
-            selection=args.selection,
-            datasets=datasets,
-            with_paper=not args.no_paper,
-            fmt=args.fmt,
+    if not args.suite:
+        print(
+            render_table(
+                frame,
+                metric=args.metric,
+                selection=args.selection,
+                with_paper=not args.no_paper,
+                fmt=args.fmt,
+            )
         )
-    )
+        return 0
+    from flows.suites import get_suite
+    from generalad.apps.suite_tables import fig4_plots, render_suite
+
+    get_suite(args.suite)  # an unknown name fails listing the suites
+    if "suite" not in frame.columns or not (frame["suite"] == args.suite).any():
+        raise GeneralADError(
+            f"no rows of suite {args.suite!r} in {args.reports} (run `generalad reproduce --suite {args.suite}`)"
+        )
+    print(render_suite(frame, args.suite, selection=args.selection, fmt=args.fmt))
+    if args.plot_dir and args.suite == "fig4":
+        from pathlib import Path
+
+        out = Path(args.plot_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for parameter, image in fig4_plots(frame, selection=args.selection).items():
+            image.save(out / f"image_auroc_vs_{parameter}.png")
+            print(f"wrote {out / f'image_auroc_vs_{parameter}.png'}", file=sys.stderr)
     return 0
 
 
