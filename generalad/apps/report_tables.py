@@ -20,14 +20,13 @@ Example:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from generalad.apps import paper
+from generalad.apps.report_text import csv_text, markdown_text
 from storage.report_schema import CONFIG_COLUMNS
 
 __all__ = ["TableFormat", "TableAxis", "cell_means", "failed_classes", "render_table", "scoped_rows"]
@@ -35,15 +34,6 @@ __all__ = ["TableFormat", "TableAxis", "cell_means", "failed_classes", "render_t
 TableFormat = Literal["markdown", "csv"]
 TableAxis = Literal["dataset", "shots"]
 
-_METRIC_TITLES = {
-    "image_auroc": "Image AUROC",
-    "image_ap": "Image AP",
-    "image_f1_max": "Image F1-max",
-    "pixel_auroc": "Pixel AUROC",
-    "pixel_ap": "Pixel AP",
-    "aupro": "AUPRO (MVTec, FPR 0.3)",
-    "aupro_reference": "AUPRO (reference variant)",
-}
 _REQUIRED = (
     "run_id",
     "created_at",
@@ -63,7 +53,6 @@ _REQUIRED = (
 )
 # configuration columns named when one cell would mix several configurations
 _CONFIG_COLUMNS = (*CONFIG_COLUMNS, "eval_resolution", "pixel_postprocess", "metric_impl")
-_MISSING = "–"
 
 
 def _check_frame(metrics: pd.DataFrame) -> None:
@@ -277,14 +266,6 @@ def _columns(cells: pd.DataFrame, by: TableAxis, datasets: Sequence[str] | None)
     return known + sorted(d for d in present if d not in known)
 
 
-def _column_title(column: object, by: TableAxis) -> str:
-    return f"{column}-shot" if by == "shots" else paper.DATASET_TITLES.get(str(column), str(column))
-
-
-def _fmt(value: float, digits: int) -> str:
-    return _MISSING if value is None or np.isnan(value) else f"{value:.{digits}f}"
-
-
 def render_table(
     metrics: pd.DataFrame,
     *,
@@ -331,100 +312,7 @@ def render_table(
     row_index = row_index.sort_values(order).drop(columns=["_b", "_s"])
     lookup = {(tuple(r[k] for k in keys), r["column"]): r for r in cells.to_dict("records")}
     if fmt == "csv":
-        return _csv(row_index, keys, columns, lookup, failed, metric, by, with_paper)
-    return _markdown(
+        return csv_text(row_index, keys, columns, lookup, failed, metric, by, with_paper)
+    return markdown_text(
         row_index, keys, columns, lookup, failed, cells, metric, selections, by, shots, with_paper, digits
     )
-
-
-def _failed_in_row(failed: pd.DataFrame, row: dict, by: TableAxis) -> list[str]:
-    match = failed[
-        (failed["backbone"] == row["backbone"])
-        & (failed["weights"] == row["weights"])
-        & (failed["variant"] == row["variant"])
-        & ((failed["dataset"] == row["dataset"]) if by == "shots" else True)
-    ]
-    return [f"{r['dataset']}/{r['class_name']}" for r in match.to_dict("records")]
-
-
-def _csv(row_index, keys, columns, lookup, failed, metric, by, with_paper) -> str:
-    records = []
-    for row in row_index.to_dict("records"):
-        out = {("weights_id" if k == "weights" else k): row[k] for k in keys}
-        out["metric"] = metric
-        for column in columns:
-            cell = lookup.get((tuple(row[k] for k in keys), column))
-            title = _column_title(column, by)
-            out[title] = cell["ours"] if cell else np.nan
-            if with_paper:
-                out[f"{title} paper"] = cell["paper"] if cell else np.nan
-        out["failed"] = ";".join(dict.fromkeys(_failed_in_row(failed, row, by)))
-        records.append(out)
-    frame = pd.DataFrame(records).rename(columns={"weights_kind": "weights"})
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, lineterminator="\n")
-    return buffer.getvalue()
-
-
-def _markdown(
-    row_index, keys, columns, lookup, failed, cells, metric, selections, by, shots, with_paper, digits
-) -> str:
-    title = _METRIC_TITLES.get(metric, metric)
-    where = " on MVTec-AD" if by == "shots" and set(row_index.get("dataset", [])) == {"mvtec_ad"} else ""
-    shot_note = f", {shots}-shot" if by == "dataset" and shots is not None else ""
-    lines = [f"**{title} (%){where}{shot_note}**, mean over classes."]
-    weights = sorted(set(zip(row_index["weights_kind"], row_index["weights"], strict=True)))
-    lines.append(
-        f"Selection: {', '.join(f'`{s}`' for s in selections)}. "
-        f"Weights: {'; '.join(f'{kind} (`{ident}`)' for kind, ident in weights) or 'none'}."
-    )
-    if with_paper:
-        lines.append(
-            f"Cells: ours / paper. Paper numbers: `{paper.PAPER_SELECTION}` selection, {paper.PAPER_WEIGHTS} "
-            "weights, shown on pretrained rows only."
-        )
-    lines.append("")
-    variants = bool(row_index["variant"].astype(bool).any())  # a column only when some entry is labelled
-    head = [
-        *(["dataset"] if by == "shots" else []),
-        "backbone",
-        "weights",
-        *(["variant"] * variants),
-        "selection",
-    ]
-    head += [_column_title(c, by) for c in columns]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    any_partial = False
-    for row in row_index.to_dict("records"):
-        text = [*([paper.DATASET_TITLES.get(row["dataset"], row["dataset"])] if by == "shots" else [])]
-        text += [row["backbone"], row["weights_kind"], *([row["variant"]] * variants), row["selection"]]
-        for column in columns:
-            cell = lookup.get((tuple(row[k] for k in keys), column))
-            if cell is None:
-                text.append(_MISSING)
-                continue
-            value = _fmt(cell["ours"], digits)
-            if with_paper:
-                value = f"{value} / {_fmt(cell['paper'], 1)}"
-            if cell["n_failed"]:
-                value += "*"
-                any_partial = True
-            text.append(value)
-        lines.append("| " + " | ".join(text) + " |")
-    if row_index.empty:
-        lines.append(f"(no ok rows of metric `{metric}` with selection {selections})")
-    if any_partial:
-        lines.append("")
-        lines.append("`*` mean over the classes that succeeded; the failed ones are listed below.")
-    if not failed.empty:
-        lines.append("")
-        lines.append("Failed classes (not in the means):")
-        for r in failed.to_dict("records"):
-            error = (r["error"] or "").strip().splitlines()
-            shots_note = "" if pd.isna(r["shots"]) else f", {int(r['shots'])}-shot"
-            lines.append(
-                f"- {r['dataset']} / {r['class_name']} ({r['backbone']}, {r['weights_kind']}, seed {r['seed']}"
-                f"{shots_note}): {(error[0] if error else 'no message')[:200]}"
-            )
-    return "\n".join(lines) + "\n"

@@ -117,7 +117,9 @@ def _variant_table(
     cells = cell_means(frame, metric="image_auroc", selection=selection, suite=suite)
     if cells.empty:
         return f"(no ok image_auroc rows of suite {suite} with selection {selection})\n"
-    several = cells["backbone"].nunique() > 1
+    several = (
+        cells.groupby("variant")["backbone"].nunique().max() > 1
+    )  # name the backbone only when ambiguous
     cells["row"] = cells["variant"] + (" · " + cells["backbone"] if several else "")
     records = [
         {"row": r["row"], "column": r["column"], "ours": r["ours"], "paper": lookup(r["column"], r["variant"]),

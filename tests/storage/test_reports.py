@@ -427,3 +427,49 @@ def test_files_of_an_older_schema_read_with_nulls(store):
     frame = store.read_metrics(run_id="old")
     assert len(frame) == 2 and frame["device"].isna().all() and (frame["dataset"] == "mvtec_ad").all()
     assert list(frame.columns) == METRIC_SCHEMA.names
+
+
+# the columns schema version 2 added; a version-1 file has none of them
+_V2_COLUMNS = (
+    "preset", "batch_size", "weight_decay", "lr_min_factor", "epoch_subset", "exclude_fixed_points",
+    "disc_blocks", "disc_heads", "mlp_dim", "dropout", "suite", "variant",
+)  # fmt: skip
+
+
+def test_version_1_files_stay_readable(tmp_path):
+    """A report file written by schema version 1 (no suite/variant/preset columns) reads beside a v2 run, its
+    missing columns as null, and renders as the plain variant."""
+    import pyarrow.parquet as pq
+
+    from generalad.apps.report_tables import render_table
+    from storage.report_schema import REPORT_SCHEMA_VERSION, metric_table
+
+    assert REPORT_SCHEMA_VERSION == "2"
+    store = ReportStore(str(tmp_path / "reports"))
+    old = metric_table(make_rows("old-run", n=2)).drop_columns(["dataset", "backbone", *_V2_COLUMNS])
+    old = old.replace_schema_metadata({b"generalad.report_schema_version": b"1"})
+    folder = tmp_path / "reports" / "metrics" / "dataset=mvtec_ad" / f"backbone={BACKBONE}"
+    folder.mkdir(parents=True)
+    pq.write_table(old, folder / f"old-run-{'a' * 32}.parquet")
+    store.write_run("new-run", make_rows("new-run", n=2, suite="table1"))
+
+    frame = store.read_metrics()
+    v1 = frame[frame["run_id"] == "old-run"]
+    assert len(v1) == 4 and v1["value"].notna().all() and (v1["sigma"] == 0.25).all()
+    assert v1[list(_V2_COLUMNS)].isna().all().all()
+    v2 = frame[frame["run_id"] == "new-run"]
+    assert set(v2["suite"]) == {"table1"} and set(v2["variant"]) == {""} and (v2["batch_size"] == 16).all()
+    # both runs have distinct config hashes (v2 hashes the whole preset), so each is its own latest run
+    text = render_table(frame[frame["run_id"] == "old-run"], selection="last")
+    assert "| 90.5 |" in text  # mean of 0.90 and 0.91, rounded
+
+
+def test_config_hash_covers_the_whole_preset():
+    base = make_rows("r", n=1)[0]
+    for change in ({"batch_size": 8}, {"weight_decay": 0.0}, {"epoch_subset": 250}, {"dropout": 0.2},
+                   {"mlp_dim": 1024}, {"exclude_fixed_points": True}, {"disc_blocks": 2}, {"lr_min_factor": 0.1}):  # fmt: skip
+        other = make_rows("r", n=1, **change)[0]
+        assert other.config_hash != base.config_hash, change
+    assert (
+        make_rows("r", n=1, suite="x", variant="v")[0].config_hash == base.config_hash
+    )  # labels are not config
