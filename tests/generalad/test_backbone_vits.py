@@ -97,3 +97,34 @@ def test_extract_train_evaluate(name, tmp_path):
     assert by["best_on_test_pixel", "pixel_auroc"]["epoch"] == -best_epoch
     assert by["best_on_test_pixel", "pixel_auroc"]["value"] == pytest.approx(best_value, abs=1e-12)
     assert 0.0 <= by["last", "image_auroc"]["value"] <= 1.0
+
+
+def test_weights_load_from_a_file_and_name_their_hub_repo(tmp_path):
+    from safetensors.torch import save_file
+
+    from generalad.backbone import weights_identity
+
+    name = "tiny_vit_base_patch16_in21k_test"
+    source = load_backbone(BackboneSpec(name=name, weights="random", seed=3, image_size=64))
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
+    loaded = load_backbone(BackboneSpec(name=name, weights=str(path), image_size=64))
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        for a, b in zip(source(images), loaded(images), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert weights_identity(loaded.spec).startswith("file:sha256:")
+    # the paper's Table 4 backbones resolve to their own hub repositories (no download: timm's registry)
+    for timm_name in paper_table4().values():
+        spec = BackboneSpec(
+            name=timm_name, weights="hub", image_size=224 if "patch14" not in timm_name else 518
+        )
+        assert (
+            weights_identity(spec) == f"hub:timm/{timm_name if '.' in timm_name else timm_name + '.lvd142m'}"
+        )
+
+
+def paper_table4() -> dict[str, str]:
+    from generalad.apps import paper
+
+    return dict(paper.TABLE4_BACKBONES)
