@@ -76,8 +76,9 @@ def markdown_text(
         f"Weights: {'; '.join(f'{kind} (`{ident}`)' for kind, ident in weights) or 'none'}."
     )
     if with_paper:
+        paper_selection = paper.PAPER_PIXEL_SELECTION if metric == "pixel_auroc" else paper.PAPER_SELECTION
         lines.append(
-            f"Cells: ours / paper. Paper numbers: `{paper.PAPER_SELECTION}` selection, {paper.PAPER_WEIGHTS} "
+            f"Cells: ours / paper. Paper numbers: `{paper_selection}` selection, {paper.PAPER_WEIGHTS} "
             "weights, shown on pretrained rows only."
         )
     lines.append("")

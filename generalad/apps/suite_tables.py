@@ -117,9 +117,8 @@ def _variant_table(
     cells = cell_means(frame, metric="image_auroc", selection=selection, suite=suite)
     if cells.empty:
         return f"(no ok image_auroc rows of suite {suite} with selection {selection})\n"
-    several = (
-        cells.groupby("variant")["backbone"].nunique().max() > 1
-    )  # name the backbone only when ambiguous
+    # name the backbone in the row only when one variant ran on several
+    several = cells.groupby("variant")["backbone"].nunique().max() > 1
     cells["row"] = cells["variant"] + (" · " + cells["backbone"] if several else "")
     records = [
         {"row": r["row"], "column": r["column"], "ours": r["ours"], "paper": lookup(r["column"], r["variant"]),
@@ -134,8 +133,8 @@ def _variant_table(
         _weights_line(scope),
         "",
     ]
-    return "\n".join(caption) + _grid(records, rows, _datasets(cells.rename(columns={"column": "dataset"})), fmt,
-                                      head, digits)  # fmt: skip
+    grid = _grid(records, rows, _datasets(cells.rename(columns={"column": "dataset"})), fmt, head, digits)
+    return grid if fmt == "csv" else "\n".join(caption) + grid
 
 
 def _table5_order(variant: str) -> object:
@@ -178,8 +177,14 @@ def _table3(frame: pd.DataFrame, selection: str, fmt: TableFormat, digits: int) 
         _weights_line(rows),
         "",
     ]
-    return "\n".join(caption) + _grid(records, sorted({r["row"] for r in records}), columns, fmt, "dataset · backbone",
-                                      digits)  # fmt: skip
+    order = {f"{paper.DATASET_TITLES.get(d, d)} · {b}": (d, _size_order(b), b) for d, b in zip(stats["dataset"], stats["backbone"], strict=True)}  # fmt: skip
+    grid = _grid(records, sorted(order, key=order.get), columns, fmt, "dataset · backbone", digits)
+    return grid if fmt == "csv" else "\n".join(caption) + grid
+
+
+def _size_order(backbone: str) -> int:
+    size = paper.backbone_size(backbone)
+    return paper.SIZES.index(size) if size else len(paper.SIZES)
 
 
 def _sweep_rows(frame: pd.DataFrame, parameter: str) -> pd.DataFrame:
@@ -187,39 +192,57 @@ def _sweep_rows(frame: pd.DataFrame, parameter: str) -> pd.DataFrame:
     return rows[rows["variant"].str.startswith(f"{parameter}=")]
 
 
+_SWEEPS = (
+    ("sigma", "noise sigma", f"paper: sigma {paper.FIG4_BEST_SIGMA:g} is best for every anomaly type"),
+    (
+        "top_k",
+        "K (top-K patches in the image score)",
+        "paper: K = N best for semantic, K = 10 for industrial",
+    ),
+)
+
+
+def _sweep_records(frame: pd.DataFrame, parameter: str, selection: str) -> tuple[list[dict], list[str], list]:
+    """One sweep's cells (row = the parameter's value), its row labels in order, and its datasets."""
+    rows = _sweep_rows(frame, parameter)
+    table = sweep_table(rows, parameter, selection=selection) if len(rows) else pd.DataFrame()
+    if table.empty:
+        return [], [], []
+    table = table.assign(dataset=table["series"].str.split(" ").str[0])
+    label = (lambda v: f"{v:g}") if parameter == "sigma" else (lambda v: f"{int(v)}")
+    records = [{"row": label(float(r[parameter])), "column": r["dataset"], "ours": r["value"] * 100}
+               for r in table.to_dict("records")]  # fmt: skip
+    order = [label(v) for v in sorted(set(table[parameter].astype(float)))]
+    return records, order, _datasets(table)
+
+
 def _fig4(frame: pd.DataFrame, selection: str, fmt: TableFormat, digits: int) -> str:
-    parts = []
-    for parameter, name, best in (
-        ("sigma", "noise sigma", f"paper: sigma {paper.FIG4_BEST_SIGMA:g} is best for every anomaly type"),
-        (
-            "top_k",
-            "K (top-K patches in the image score)",
-            "paper: K = N best for semantic, K = 10 for industrial",
-        ),
-    ):
-        rows = _sweep_rows(frame, parameter)
-        table = sweep_table(rows, parameter, selection=selection) if len(rows) else pd.DataFrame()
-        if table.empty:
-            parts.append(f"(no ok rows of the {parameter} sweep of suite fig4)\n")
-            continue
-        table = table.assign(dataset=table["series"].str.split(" ").str[0])
-        values = sorted(set(table[parameter].astype(float)))
-        label = (lambda v: f"{v:g}") if parameter == "sigma" else (lambda v: f"{int(v)}")
-        records = [{"row": label(float(r[parameter])), "column": r["dataset"], "ours": r["value"] * 100}
-                   for r in table.to_dict("records")]  # fmt: skip
-        bests = []
-        for dataset, part in table.groupby("dataset"):
-            top = part.sort_values("value", ascending=False).iloc[0]
-            bests.append(f"{paper.DATASET_TITLES.get(dataset, dataset)} {label(float(top[parameter]))}")
-        parts.append(
-            f"**Paper Fig. 4, {name} sweep**: image AUROC (%), mean over classes, selection `{selection}`. "
-            f"Best here: {', '.join(bests)} ({best}).\n\n"
-            + _grid(records, [label(v) for v in values], _datasets(table), fmt, parameter, digits)
-        )
+    """Both sweeps: in markdown a table each with the best value per dataset; in CSV one table, rows `sigma=v`."""
+    sweeps = {parameter: _sweep_records(frame, parameter, selection) for parameter, _, _ in _SWEEPS}
+    if fmt == "csv":
+        records = [{**r, "row": f"{p}={r['row']}"} for p, (recs, _, _) in sweeps.items() for r in recs]
+        order = [f"{p}={row}" for p, (_, rows, _) in sweeps.items() for row in rows]
+        datasets = list(dict.fromkeys(d for _, _, ds in sweeps.values() for d in ds))
+        return _grid(records, order, datasets, fmt, "sweep", digits)
     scope = scoped_rows(frame, suite="fig4")
     backbones = ", ".join(sorted(set(scope["backbone"]))) or "none"
-    head = f"Backbone: {backbones} (the paper does not restate Fig. 4's backbone: an assumption). {_weights_line(scope)}\n\n"
-    return head + "\n".join(parts)
+    parts = [f"Backbone: {backbones} (the paper does not restate Fig. 4's backbone: an assumption). "
+             f"{_weights_line(scope)}\n"]  # fmt: skip
+    for parameter, name, paper_best in _SWEEPS:
+        records, order, datasets = sweeps[parameter]
+        if not records:
+            parts.append(f"(no ok rows of the {parameter} sweep of suite fig4)\n")
+            continue
+        bests = []
+        for dataset in datasets:
+            top = max((r for r in records if r["column"] == dataset), key=lambda r: r["ours"])
+            bests.append(f"{paper.DATASET_TITLES.get(dataset, dataset)} {top['row']}")
+        parts.append(
+            f"**Paper Fig. 4, {name} sweep**: image AUROC (%), mean over classes, selection `{selection}`. "
+            f"Best here: {', '.join(bests)} ({paper_best}).\n\n"
+            + _grid(records, order, datasets, fmt, parameter, digits)
+        )
+    return "\n".join(parts)
 
 
 def fig4_plots(frame: pd.DataFrame, *, selection: str = "last") -> dict[str, Image.Image]:

@@ -1,5 +1,5 @@
 """What reproduce-all attaches to its flow run: a table per dataset, the summary with failures redacted, and the
-Fig. 4 sweep plots when the run swept sigma."""
+Fig. 4 sweep plots when the run is the fig4 suite's sweep."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def _frame(tmp_path, sigmas):
             class_name=cls,
             metric="image_auroc",
             value=0.5 + sigma / 4,
+            suite="fig4",  # the plots are made from the fig4 suite's sweep entries
+            variant=f"sigma={sigma:g}",
         )
         for sigma in sigmas
         for cls in ("grid", "screw")

@@ -121,3 +121,38 @@ def test_learns_to_detect_real_feature_distortions():
     result = run_one_class(source, split, preset, progress=False)
     auroc = {r["metric"]: r["value"] for r in result.metrics}["image_auroc"]
     assert auroc >= 0.95, (auroc, result.history)
+
+
+def test_pixel_selection_is_the_best_pixel_epoch_of_the_same_run(tiny_source, tiny_split, tiny_preset):
+    from generalad.errors import ConfigError
+    from generalad.method.evaluation import pixel_auroc_of_logits
+
+    preset = tiny_preset.with_overrides(epochs=4)
+    masks = _masks(16, 12, tiny_split.test_labels)
+    run = run_one_class(
+        tiny_source,
+        tiny_split,
+        preset,
+        eval_every_epoch=True,
+        select_on_pixel=True,
+        masks=masks,
+        progress=False,
+    )
+    plain = run_one_class(tiny_source, tiny_split, preset, eval_every_epoch=True, masks=masks, progress=False)
+    # selecting on pixels does not change training: the same last-epoch values as a run without it
+    last = {r["metric"]: r["value"] for r in run.metrics if r["selection"] == "last"}
+    assert last == {r["metric"]: r["value"] for r in plain.metrics if r["selection"] == "last"}
+    per_epoch = [m["pixel_auroc"] for m in run.epoch_metrics]
+    best = int(np.argmax(per_epoch))  # the first maximum: the earliest epoch on ties
+    row = next(
+        r for r in run.metrics if r["selection"] == "best_on_test_pixel" and r["metric"] == "pixel_auroc"
+    )
+    assert row["epoch"] == run.epoch_metrics[best]["epoch"] and row["value"] == per_epoch[best]
+    # the last epoch's per-epoch pixel AUROC is the `last` selection's value
+    assert per_epoch[-1] == pytest.approx(last["pixel_auroc"], abs=1e-12)
+    assert set(run.evaluations) == {"last", "best_on_test", "best_on_test_pixel"}
+    assert pixel_auroc_of_logits(
+        patch_logits(run.model, tiny_source, tiny_split.test_rows), masks
+    ) == pytest.approx(last["pixel_auroc"], abs=1e-12)
+    with pytest.raises(ConfigError, match="select_on_pixel"):
+        run_one_class(tiny_source, tiny_split, preset, select_on_pixel=True, masks=masks, progress=False)
