@@ -16,9 +16,13 @@ MB/s counts the bytes on disk (fp16). Bytes per image = every file of the store 
 
 Quick: N = 256 (224 px), 96 images (19 MB); full: N = 1369 (518 px), 256 images (270 MB).
 
+``--s3``: the same store and an equally large plain object on an S3 API served locally (moto's server on
+127.0.0.1, stopped afterwards), read through s3fs: whole-object read of the plain object against the store's
+sequential and training-pattern reads, byte ranges and through Zarr, interleaved.
+
 Usage::
 
-    .venv/bin/python bench/store_io.py [--quick] [--images 256] [--grid 37] [--rounds 2]
+    .venv/bin/python bench/store_io.py [--quick] [--images 256] [--grid 37] [--rounds 2] [--s3]
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import base_parser, check, finish, loadavg, median, print_table, scratch_dir, synthetic_store
+from common import (
+    base_parser,
+    check,
+    finish,
+    interleaved,
+    loadavg,
+    median,
+    print_table,
+    scratch_dir,
+    synthetic_store,
+)
 
 NAME = "store_io"
 BLOCK = 4 << 20
@@ -141,11 +155,63 @@ def shard_split(store, store_dir: Path, rng: np.random.Generator, repeats: int =
     }
 
 
+def s3_reads(n_images: int, grid: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each read on a local moto S3 server, interleaved (see the module docstring)."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    from storage.feature_store import FeatureStore
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    saved = fsspec.config.conf.get("s3")
+    try:
+        host, port = server.get_host_and_port()
+        fsspec.config.conf["s3"] = {
+            "key": "bench",
+            "secret": "bench",
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"},
+        }
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("bench-store-io")
+        url = "s3://bench-store-io/store.zarr"
+        synthetic_store(
+            url, classes=("a", "b"), n_train=n_images // 4, n_test_per_class=n_images // 4, grid=grid
+        )
+        nbytes = sum(fs.du(f"bench-store-io/store.zarr/{name}") for name in ("tokens", "cls_attn"))
+        fs.pipe_file("bench-store-io/plain.bin", bytes(nbytes))
+        new, old = FeatureStore(url), FeatureStore(url, reads="zarr")
+        shards = [new.layout.shard_rows(i) for i in range(new.layout.num_shards)]
+        rng = np.random.default_rng(0)
+
+        def training(source) -> None:
+            order = rng.permutation(new.num_images)
+            for _ in source.iter_batches([np.sort(order[i : i + 16]) for i in range(0, len(order), 16)]):
+                pass
+
+        variants = {
+            "plain": lambda: fs.cat_file("bench-store-io/plain.bin"),
+            "store_sequential": lambda: [new.read(range(lo, hi)) for lo, hi in shards],
+            "store_training": lambda: training(new),
+            "zarr_sequential": lambda: [old.read(range(lo, hi)) for lo, hi in shards],
+            "zarr_training": lambda: training(old),
+        }
+        times = interleaved(variants, rounds=rounds, warmup=1)
+        return {"times": times, "mb": nbytes / 1e6}
+    finally:
+        if saved is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__)
     parser.add_argument("--images", type=int, default=None, help="images in the store (96 quick, 256 full)")
     parser.add_argument("--grid", type=int, default=None, help="patch grid side (16 quick, 37 full)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--s3", action="store_true", help="also read the store from a local moto S3 server")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     n_images = args.images or (96 if args.quick else 256)
@@ -315,7 +381,29 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         check("5 store I/O", "bytes per image / (N x E x 2)", per_image / ideal, 1.05, "<=", source="bench"),
     ]
+    s3 = s3_reads(n_images, grid, max(args.rounds, 3)) if args.s3 else None
+    if s3 is not None:
+        s3_ratios = {
+            name: median([p / t for t, p in zip(values, s3["times"]["plain"], strict=True)])
+            for name, values in s3["times"].items()
+            if name != "plain"
+        }
+        print_table(
+            ["S3 (moto on 127.0.0.1), store read / plain object read, MB/s", "ratio (median of rounds)"],
+            [[name, value] for name, value in s3_ratios.items()],
+            title=f"\nS3: {s3['mb']:.1f} MB, plain object {s3['mb'] / median(s3['times']['plain']):.0f} MB/s",
+        )
+        summary.append(
+            check(
+                "5 store I/O",
+                "  S3 store / plain object, training pattern (info)",
+                s3_ratios["store_training"],
+                fmt="{:.2f}",
+                note=f"through zarr {s3_ratios['zarr_training']:.2f}; sequential {s3_ratios['store_sequential']:.2f}",
+            )
+        )
     payload = {
+        "s3": s3,
         "config": {
             "images": n,
             "grid": grid,

@@ -193,9 +193,8 @@ def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: floa
     lead, (rows, dim) = q.shape[:-2], q.shape[-2:]
     seed = int(torch.randint(0, 2**32, (1,)))
     dtype = q.dtype
-    with torch.autocast(
-        q.device.type, enabled=False
-    ):  # softmax statistics in float32 under bf16 autocast too
+    # softmax statistics in float32, under bf16 autocast too
+    with torch.autocast(q.device.type, enabled=False):
         wide = torch.promote_types(dtype, torch.float32)
         flat = [t.to(wide).reshape(-1, t.shape[-2], t.shape[-1]) for t in (q * dim**-0.5, k, v)]
         out = _DropoutAttentionFunction.apply(*(t.contiguous() for t in flat), float(p), seed)

@@ -126,3 +126,19 @@ def test_discriminator_train_mode_is_seeded_and_switchable():
         torch.manual_seed(3)
         assert not torch.equal(first, model(x))  # torch's own masks: another draw
     assert not kernels.use_reference()
+
+
+def test_bf16_autocast_trains_through_the_kernels_close_to_fp32():
+    torch.manual_seed(0)
+    model = Discriminator(32, 16, mlp_dim=32, dropout=0.0).train()
+    x = torch.randn(3, 32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), model(x), rtol=0.05, atol=0.05)
+    layer = kernels.Dropout(0.5).train()
+    q = torch.randn(2, 4, 40, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.dropout_attention(q.bfloat16(), q.bfloat16(), q.bfloat16(), 0.2)
+        (out.float().sum() + layer(q).float().sum()).backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
