@@ -18,9 +18,14 @@ Note that ``import torch`` alone (a CUDA build) is about 0.7 GB of RSS.
 Quick: N = 64 (112 px), E = 384, 1x = 128 images (6 MB), 8x = 1024 images (50 MB); full: 1x = 256 images,
 8x = 2048 images (100 MB of fp16 features, 200 MB as float32).
 
+``--needs``: what a run needs. An industrial-sized class (54 training, 97 test images, ViT-S width, the
+industrial preset: 3 views, batch 16, one epoch) at 224 px (N = 256) and 518 px (N = 1369), each in a child
+with the CPU kernels and one with torch's (``GENERALAD_KERNELS=reference``, the path before them). Reported:
+peak RSS minus the child's RSS after its imports and before it opens the store (the interpreter baseline).
+
 Usage::
 
-    .venv/bin/python bench/memory.py [--quick] [--grid 8] [--base-images 128]
+    .venv/bin/python bench/memory.py [--quick] [--grid 8] [--base-images 128] [--needs]
 """
 
 from __future__ import annotations
@@ -52,9 +57,19 @@ def _vm_hwm_kb() -> int | None:
     return None
 
 
+def _vm_rss_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def child(url: str, mode: str, threads: int) -> None:
-    """Run in a fresh process: train + score class a streaming from the store (``stream``), or the same run on
-    every row loaded into memory first (``load``, the positive control)."""
+    """Run in a fresh process: train + score class a streaming from the store (``stream``; ``needs``: with the
+    industrial preset), or the same run on every row loaded into memory first (``load``, the control)."""
     import numpy as np
     import torch
 
@@ -65,8 +80,12 @@ def child(url: str, mode: str, threads: int) -> None:
     from storage.feature_store import FeatureStore
 
     torch.set_num_threads(threads)
+    baseline = _vm_rss_kb()
     store = FeatureStore(url)
-    preset = preset_for("cifar10").with_overrides(epochs=1, epoch_subset=16)
+    if mode == "needs":
+        preset, mode = preset_for("mvtec_ad").with_overrides(epochs=1), "stream"
+    else:
+        preset = preset_for("cifar10").with_overrides(epochs=1, epoch_subset=16)
     start = time.perf_counter()
     if mode == "stream":
         result = train_from_store(store, "a", preset=preset, progress=False)
@@ -79,13 +98,14 @@ def child(url: str, mode: str, threads: int) -> None:
         "test_images": len(result.scores),
         "seconds": time.perf_counter() - start,
         "vm_hwm_kb": _vm_hwm_kb(),
+        "baseline_kb": baseline,
     }
     print("RESULT " + json.dumps(info))
 
 
-def run_child(url: str, mode: str, threads: int) -> dict:
+def run_child(url: str, mode: str, threads: int, extra_env: dict[str, str] | None = None) -> dict:
     """Start a child, wait for it with ``os.wait4``, return its report and peak RSS."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1"} | MALLOC_ENV
+    env = os.environ | {"PYTHONUNBUFFERED": "1"} | MALLOC_ENV | (extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", url, "--mode", mode, "--threads", str(threads)],
         stdout=subprocess.PIPE,
@@ -102,7 +122,38 @@ def run_child(url: str, mode: str, threads: int) -> dict:
     # RSS at fork time on Linux, so it only means something when the parent is small
     maxrss = usage.ru_maxrss / 1024
     peak = report["vm_hwm_kb"] / 1024 if report.get("vm_hwm_kb") else maxrss
-    return report | {"ru_maxrss_mb": maxrss, "peak_mb": peak}
+    return report | {"ru_maxrss_mb": maxrss, "peak_mb": peak, "baseline_mb": report["baseline_kb"] / 1024}
+
+
+def needs(args: argparse.Namespace, started: float) -> dict:
+    """Peak RSS above the interpreter baseline of an industrial-sized class at 224 and 518 px, both kernels."""
+    load_start = loadavg()
+    rows = []
+    with scratch_dir("memory-needs") as tmp:
+        for grid in (16, 37):
+            url = synthetic_store(
+                str(tmp / f"g{grid}.zarr"), classes=("a", "b"), n_train=54, n_test_per_class=49, grid=grid
+            )
+            for kernels in ("cpu kernels", "reference"):
+                env = {"GENERALAD_KERNELS": "reference"} if kernels == "reference" else {}
+                run = run_child(url, "needs", args.threads, env)
+                rows.append({"px": grid * 14, "N": grid * grid, "kernels": kernels, **run})
+    for row in rows:
+        row["needed_mb"] = row["peak_mb"] - row["baseline_mb"]
+    print(
+        f"\nwhat a run needs: 54 train + 98 test images, industrial preset, 1 epoch; load at start {load_start}"
+    )
+    print_table(
+        ["px", "kernels", "baseline RSS MB", "peak RSS MB", "peak - baseline MB", "s"],
+        [[r["px"], r["kernels"], r["baseline_mb"], r["peak_mb"], r["needed_mb"], r["seconds"]] for r in rows],
+    )
+    summary = [
+        check("6 memory", f"  peak RSS - baseline, {r['px']} px, {r['kernels']} (info, MB)", r["needed_mb"])
+        for r in rows
+    ]
+    return finish(
+        f"{NAME}_needs", args, {"loadavg_start": load_start, "runs": rows, "summary": summary}, started
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,11 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--base-images", type=int, default=None, help="images in the 1x store (128 / 256)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
+    parser.add_argument("--needs", action="store_true", help="peak RSS above the baseline at 224 and 518 px")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.mode, args.threads)
         return {}
     started = time.perf_counter()
+    if args.needs:
+        return needs(args, started)
     base = args.base_images or (128 if args.quick else 256)
     per_class = base // 4  # train and test of classes a and b
     load_start = loadavg()

@@ -4,20 +4,25 @@ A store of random fp16 features (ViT-S width E = 384, N patches, 6 attention hea
 `StoreWriter` (shards of 32 images: cast, checksum, Zarr write, per-shard marker), and a plain file of exactly
 the same number of bytes is written next to it in 4 MiB blocks. Both count the time to ``fsync`` their files.
 Reads are cold: before each read every file of the store, or the plain file, is evicted from the page cache with
-``posix_fadvise(DONTNEED)`` (per file, nothing global). Three reads are interleaved per round:
+``posix_fadvise(DONTNEED)`` (per file, nothing global). Five reads are interleaved per round:
 
 - plain: the file in 4 MiB blocks;
 - store, sequential: `FeatureStore.read` of each shard's row range, as float32 tensors (what scoring reads);
 - store, training pattern: `FeatureStore.iter_batches` over random sorted batches of 16 rows covering every image
-  once, with its read-ahead thread (what a training epoch reads).
+  once, with its read-ahead thread (what a training epoch reads);
+- both again with ``FeatureStore(reads="zarr")``, the read path before byte-range reads (`storage.row_reads`).
 
 MB/s counts the bytes on disk (fp16). Bytes per image = every file of the store / images, against N x E x 2.
 
 Quick: N = 256 (224 px), 96 images (19 MB); full: N = 1369 (518 px), 256 images (270 MB).
 
+``--s3``: the same store and an equally large plain object on an S3 API served locally (moto's server on
+127.0.0.1, stopped afterwards), read through s3fs: whole-object read of the plain object against the store's
+sequential and training-pattern reads, byte ranges and through Zarr, interleaved.
+
 Usage::
 
-    .venv/bin/python bench/store_io.py [--quick] [--images 256] [--grid 37] [--rounds 2]
+    .venv/bin/python bench/store_io.py [--quick] [--images 256] [--grid 37] [--rounds 2] [--s3]
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import base_parser, check, finish, loadavg, median, print_table, scratch_dir, synthetic_store
+from common import (
+    base_parser,
+    check,
+    finish,
+    interleaved,
+    loadavg,
+    median,
+    print_table,
+    scratch_dir,
+    synthetic_store,
+)
 
 NAME = "store_io"
 BLOCK = 4 << 20
@@ -83,30 +98,19 @@ def data_mb(store_bytes: int, images: int, shard: int) -> float:
     return store_bytes / images * shard / 1e6
 
 
-def take_runs(array, index: np.ndarray) -> np.ndarray:
-    """Proposed replacement for `storage.feature_store._take` on unordered rows: sort, read each run of
-    consecutive rows with a plain slice, put the rows back in the asked order (same result, see ``shard_split``)."""
-    order = np.argsort(index, kind="stable")
-    rows = index[order]
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    parts = [array[int(run[0]) : int(run[-1]) + 1] for run in np.split(rows, breaks)]
-    data = np.concatenate(parts)
-    out = np.empty_like(data)
-    out[order] = data
-    return out
-
-
 def shard_split(store, store_dir: Path, rng: np.random.Generator, repeats: int = 3) -> dict[str, float]:
     """Warm milliseconds of the pieces of writing and reading one shard of tokens (best of ``repeats``), and of
-    reading 16 random rows the current way (`get_orthogonal_selection`) and the proposed way (runs of slices)."""
+    reading 16 random rows through Zarr (``reads="zarr"``) and by byte ranges (the default)."""
     import hashlib
 
     import zarr
 
     from storage import urls
-    from storage.feature_store import _take, shard_checksum
+    from storage.feature_store import FeatureStore, shard_checksum
 
-    tokens = store._tokens
+    old = FeatureStore(store.url, reads="zarr", dtype=None)
+    new = FeatureStore(store.url, dtype=None)
+    tokens = zarr.open_array(str(store_dir / "tokens"), mode="r")
     lo, hi = store.layout.shard_rows(0)
     data = tokens[lo:hi]
     shard_file = max(
@@ -127,7 +131,7 @@ def shard_split(store, store_dir: Path, rng: np.random.Generator, repeats: int =
         with open(scratch, "wb") as handle:
             handle.write(memoryview(data).cast("B"))
 
-    assert np.array_equal(take_runs(tokens, rows), _take(tokens, rows))
+    assert np.array_equal(old.read(rows)[0].numpy(), new.read(rows)[0].numpy())
     writable = zarr.open_array(str(store_dir / "tokens"), mode="r+")
     marker = str(store_dir.parent / "scratch-marker.json")
 
@@ -145,9 +149,61 @@ def shard_split(store, store_dir: Path, rng: np.random.Generator, repeats: int =
         "read: raw shard file (page cache)": best(lambda: shard_file.read_bytes()),
         "read: zarr slice of the shard": best(lambda: tokens[lo:hi]),
         "read: fp16 -> fp32 cast": best(lambda: data.astype(np.float32)),
-        "16 random rows: orthogonal selection (current _take)": best(lambda: _take(tokens, rows)),
-        "16 random rows: runs of slices (proposed)": best(lambda: take_runs(tokens, rows)),
+        "read: store, byte ranges of the shard (reads='runs')": best(lambda: new.read(range(lo, hi))),
+        "16 random rows: zarr orthogonal selection (reads='zarr')": best(lambda: old.read(rows)),
+        "16 random rows: byte ranges (reads='runs')": best(lambda: new.read(rows)),
     }
+
+
+def s3_reads(n_images: int, grid: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each read on a local moto S3 server, interleaved (see the module docstring)."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    from storage.feature_store import FeatureStore
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    saved = fsspec.config.conf.get("s3")
+    try:
+        host, port = server.get_host_and_port()
+        fsspec.config.conf["s3"] = {
+            "key": "bench",
+            "secret": "bench",
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"},
+        }
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("bench-store-io")
+        url = "s3://bench-store-io/store.zarr"
+        synthetic_store(
+            url, classes=("a", "b"), n_train=n_images // 4, n_test_per_class=n_images // 4, grid=grid
+        )
+        nbytes = sum(fs.du(f"bench-store-io/store.zarr/{name}") for name in ("tokens", "cls_attn"))
+        fs.pipe_file("bench-store-io/plain.bin", bytes(nbytes))
+        new, old = FeatureStore(url), FeatureStore(url, reads="zarr")
+        shards = [new.layout.shard_rows(i) for i in range(new.layout.num_shards)]
+        rng = np.random.default_rng(0)
+
+        def training(source) -> None:
+            order = rng.permutation(new.num_images)
+            for _ in source.iter_batches([np.sort(order[i : i + 16]) for i in range(0, len(order), 16)]):
+                pass
+
+        variants = {
+            "plain": lambda: fs.cat_file("bench-store-io/plain.bin"),
+            "store_sequential": lambda: [new.read(range(lo, hi)) for lo, hi in shards],
+            "store_training": lambda: training(new),
+            "zarr_sequential": lambda: [old.read(range(lo, hi)) for lo, hi in shards],
+            "zarr_training": lambda: training(old),
+        }
+        times = interleaved(variants, rounds=rounds, warmup=1)
+        return {"times": times, "mb": nbytes / 1e6}
+    finally:
+        if saved is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -155,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=None, help="images in the store (96 quick, 256 full)")
     parser.add_argument("--grid", type=int, default=None, help="patch grid side (16 quick, 37 full)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--s3", action="store_true", help="also read the store from a local moto S3 server")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     n_images = args.images or (96 if args.quick else 256)
@@ -200,26 +257,29 @@ def main(argv: list[str] | None = None) -> dict:
         plain_write = write_plain(plain, payload_bytes[0])
 
         store = FeatureStore(str(store_dir))
+        old_store = FeatureStore(str(store_dir), reads="zarr")
         n = store.num_images
         shards = [store.layout.shard_rows(s) for s in range(store.layout.num_shards)]
         rng = np.random.default_rng(0)
 
-        def store_sequential() -> None:
+        def sequential(source) -> None:
             for lo, hi in shards:
-                store.read(range(lo, hi))
+                source.read(range(lo, hi))
 
-        def store_training() -> None:
+        def training(source) -> None:
             order = rng.permutation(n)
             batches = [np.sort(order[i : i + 16]) for i in range(0, n, 16)]
-            for _ in store.iter_batches(batches):
+            for _ in source.iter_batches(batches):
                 pass
 
         reads = {
             "plain": lambda: read_plain(plain),
-            "store_sequential": store_sequential,
-            "store_training": store_training,
+            "store_sequential": lambda: sequential(store),
+            "store_training": lambda: training(store),
+            "zarr_sequential": lambda: sequential(old_store),
+            "zarr_training": lambda: training(old_store),
         }
-        targets = {"plain": plain, "store_sequential": store_dir, "store_training": store_dir}
+        targets = {name: plain if name == "plain" else store_dir for name in reads}
         times: dict[str, list[float]] = {k: [] for k in reads}
         for r in range(args.rounds):
             for name in reads if r % 2 == 0 else reversed(list(reads)):
@@ -236,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     rates = {k: [mb / t for t in v] for k, v in times.items()}
     ratio_seq = median([s / p for s, p in zip(rates["store_sequential"], rates["plain"], strict=True)])
     ratio_train = median([s / p for s, p in zip(rates["store_training"], rates["plain"], strict=True)])
+    old_seq = median([s / p for s, p in zip(rates["zarr_sequential"], rates["plain"], strict=True)])
+    old_train = median([s / p for s, p in zip(rates["zarr_training"], rates["plain"], strict=True)])
     write_ratio = plain_write / store_write
     per_image = store_bytes / n
     ideal = grid * grid * embed_dim * 2
@@ -260,12 +322,22 @@ def main(argv: list[str] | None = None) -> dict:
                 median(rates["store_training"]),
                 " ".join(f"{t:.2f}" for t in times["store_training"]),
             ],
+            [
+                "cold read: store through zarr, shard ranges",
+                median(rates["zarr_sequential"]),
+                " ".join(f"{t:.2f}" for t in times["zarr_sequential"]),
+            ],
+            [
+                "cold read: store through zarr, random batches",
+                median(rates["zarr_training"]),
+                " ".join(f"{t:.2f}" for t in times["zarr_training"]),
+            ],
             ["warm read: plain file (page cache)", mb / warm_plain, f"{warm_plain:.3f}"],
         ],
     )
     print(
         f"store / plain: write {write_ratio:.2f}, sequential read {ratio_seq:.2f}, training-pattern read "
-        f"{ratio_train:.2f}; manifest + verify + consolidate + marker {complete_s:.2f} s"
+        f"{ratio_train:.2f} (through zarr: {old_seq:.2f}, {old_train:.2f}); manifest + verify + consolidate + marker {complete_s:.2f} s"
     )
     print(
         f"bytes per image {per_image:,.0f} vs N x E x 2 = {ideal:,} ({per_image / ideal:.3f}x; cls_attn adds "
@@ -288,7 +360,14 @@ def main(argv: list[str] | None = None) -> dict:
             note=f"plain {median(rates['plain']):.0f} MB/s",
         ),
         check(
-            "5 store I/O", "  same, training pattern (random batches of 16) (info)", ratio_train, fmt="{:.2f}"
+            "5 store I/O",
+            "store cold read / plain, training pattern (random batches of 16)",
+            ratio_train,
+            0.3,
+            ">=",
+            source="issue",
+            fmt="{:.2f}",
+            note=f"through zarr: {old_train:.2f} (sequential {old_seq:.2f})",
         ),
         check(
             "5 store I/O",
@@ -302,7 +381,29 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         check("5 store I/O", "bytes per image / (N x E x 2)", per_image / ideal, 1.05, "<=", source="bench"),
     ]
+    s3 = s3_reads(n_images, grid, max(args.rounds, 3)) if args.s3 else None
+    if s3 is not None:
+        s3_ratios = {
+            name: median([p / t for t, p in zip(values, s3["times"]["plain"], strict=True)])
+            for name, values in s3["times"].items()
+            if name != "plain"
+        }
+        print_table(
+            ["S3 (moto on 127.0.0.1), store read / plain object read, MB/s", "ratio (median of rounds)"],
+            [[name, value] for name, value in s3_ratios.items()],
+            title=f"\nS3: {s3['mb']:.1f} MB, plain object {s3['mb'] / median(s3['times']['plain']):.0f} MB/s",
+        )
+        summary.append(
+            check(
+                "5 store I/O",
+                "  S3 store / plain object, training pattern (info)",
+                s3_ratios["store_training"],
+                fmt="{:.2f}",
+                note=f"through zarr {s3_ratios['zarr_training']:.2f}; sequential {s3_ratios['store_sequential']:.2f}",
+            )
+        )
     payload = {
+        "s3": s3,
         "config": {
             "images": n,
             "grid": grid,
@@ -322,7 +423,13 @@ def main(argv: list[str] | None = None) -> dict:
         "read_s": times,
         "read_mb_per_s": rates,
         "warm_plain_read_mb_per_s": mb / warm_plain,
-        "ratios": {"read_sequential": ratio_seq, "read_training": ratio_train, "write": write_ratio},
+        "ratios": {
+            "read_sequential": ratio_seq,
+            "read_training": ratio_train,
+            "read_sequential_zarr": old_seq,
+            "read_training_zarr": old_train,
+            "write": write_ratio,
+        },
         "bytes_per_image": per_image,
         "ideal_bytes_per_image": ideal,
         "store_files": len(store_files),

@@ -2,8 +2,10 @@
 views in ONE batched forward against one forward per view.
 
 Measured in one process, interleaved (A B C, C B A, ...): the training step (views + forward + loss + backward +
-AdamW, `generalad.method.training.training_step`) batched and per view, and a float32 matmul of 2048^3 (the machine's
-rate). Reported: the step's analytic FLOPs / step time / matmul FLOP/s (the fraction of the matmul bound the
+AdamW, `generalad.method.training.training_step`) batched and per view, the batched step with torch's own
+attention and dropout (``reference``: `generalad.method.kernels.reference_kernels`, the path before the CPU
+kernels), with ``--bf16`` both batched steps under ``torch.autocast(bfloat16)`` too, and a float32 matmul of
+2048^3 (the machine's rate). Reported: the step's analytic FLOPs / step time / matmul FLOP/s (the fraction of the matmul bound the
 step reaches; 1.0 = as fast as a plain matmul), and per-view time / batched time (> 1: batching pays). A
 ``torch.profiler`` run of one batched step (first, doubling as the warm-up) splits its time by kind of operator,
 which says what limits it.
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile-batch", type=int, default=None, help="batch of the profiled step (16 / 4)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--bf16", action="store_true", help="also time both batched steps under bf16 autocast"
+    )
+    parser.add_argument(
         "--clock", choices=("cpu", "wall"), default=None, help="cpu (1 thread; CPU default) or wall"
     )
     args = parser.parse_args(argv)
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(threads)
     load_start = loadavg()
 
+    from generalad.method.kernels import reference_kernels
     from generalad.method.presets import preset_for
     from generalad.method.training import build_discriminator, make_optimizer, training_step
 
@@ -169,9 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = torch.randn(args.batch, num_patches, args.embed_dim, device=device)
     attn = torch.rand(args.batch, heads, num_patches, device=device)
 
-    peaks: dict[str, list[float]] = {"batched": [], "per_view": []}
+    peaks: dict[str, list[float]] = {}
 
-    def make_step(batched: bool, batch: int = args.batch, record: bool = False):
+    def make_step(
+        batched: bool, batch: int = args.batch, record: str = "", reference: bool = False, bf16: bool = False
+    ):
         torch.manual_seed(0)
         model = build_discriminator(num_patches, args.embed_dim, preset).to(device).train()
         optimizer, _ = make_optimizer(model, preset, epochs=1)
@@ -180,12 +188,16 @@ def main(argv: list[str] | None = None) -> dict:
 
         def step() -> None:
             base = peak_rss_mb() if record and reset_peak_rss() else None
-            training_step(
-                model, optimizer, feats, maps, views=preset.views, generator=generator, batched=batched
-            )
+            with (
+                reference_kernels(reference),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            ):
+                training_step(
+                    model, optimizer, feats, maps, views=preset.views, generator=generator, batched=batched
+                )
             sync()
             if base is not None:  # growth of the peak over the RSS before the step
-                peaks["batched" if batched else "per_view"].append(peak_rss_mb() - base)
+                peaks.setdefault(record, []).append(peak_rss_mb() - base)
 
         return step
 
@@ -198,12 +210,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     # the profiled step comes first and doubles as a warm-up (first-call kernel selection, allocator)
     split = profile_split(make_step(True, profile_batch), device)
+    reference_split = profile_split(make_step(True, profile_batch, reference=True), device)
+    variants = {
+        "batched": make_step(True, record="batched"),
+        "per_view": make_step(False, record="per_view"),
+        "reference": make_step(True, record="reference", reference=True),
+    }
+    if args.bf16:
+        variants["batched_bf16"] = make_step(True, record="batched_bf16", bf16=True)
+        variants["reference_bf16"] = make_step(True, record="reference_bf16", reference=True, bf16=True)
     times = interleaved(
-        {
-            "batched": make_step(True, record=True),
-            "per_view": make_step(False, record=True),
-            "matmul": matmul,
-        },
+        {**variants, "matmul": matmul},
         rounds=rounds,
         warmup=warmup,
         clock=time.thread_time if clock_name == "cpu" else time.perf_counter,
@@ -223,9 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     matmul_rates = [2 * MATMUL**3 / t for t in times["matmul"]]
     fraction = {
         name: median([flops["step"] / t / m for t, m in zip(times[name], matmul_rates, strict=True)])
-        for name in ("batched", "per_view")
+        for name in variants
     }
     speedup = median(paired_ratios(times, "per_view", "batched"))
+    kernel_speedup = median(paired_ratios(times, "reference", "batched"))
+    bf16_speedup = median(paired_ratios(times, "reference", "batched_bf16")) if args.bf16 else None
 
     print(
         f"\ntrain step, E={args.embed_dim} N={num_patches} batch={args.batch} x {views} views, "
@@ -247,18 +266,22 @@ def main(argv: list[str] | None = None) -> dict:
                 flops["step"] / median(matmul_rates),
                 f"{fraction[name]:.1%}",
             ]
-            for name in ("batched", "per_view")
+            for name in variants
         ],
     )
     print(f"one batched forward vs one forward per view: {speedup:.3f}x (> 1: batching is faster)")
-    if peaks["batched"] and peaks["per_view"] and device.type == "cpu":
+    print(f"CPU kernels vs torch's attention and dropout (reference / batched): {kernel_speedup:.3f}x")
+    if bf16_speedup is not None:
+        print(f"bf16 autocast with the kernels vs fp32 reference: {bf16_speedup:.3f}x")
+    if peaks and device.type == "cpu":
         print(
-            f"peak memory of a step above the RSS before it (VmHWM, max of rounds): batched "
-            f"{max(peaks['batched']):,.0f} MB, per view {max(peaks['per_view']):,.0f} MB"
+            "peak memory of a step above the RSS before it (VmHWM, max of rounds): "
+            + ", ".join(f"{name} {max(values):,.0f} MB" for name, values in peaks.items())
         )
+    kinds = list(dict.fromkeys([*split, *reference_split]))
     print_table(
-        ["operator kind", "share of self time"],
-        [[k, f"{v:.1%}"] for k, v in split.items()],
+        ["operator kind", "share of self time", "reference kernels"],
+        [[k, f"{split.get(k, 0.0):.1%}", f"{reference_split.get(k, 0.0):.1%}"] for k in kinds],
         title=f"\nprofile of one batched step (batch {profile_batch})",
     )
 
@@ -274,6 +297,21 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         check(
             "4 train step",
+            f"  same, with torch's attention and dropout (reference, N={num_patches}) (info)",
+            fraction["reference"],
+            note=f"{median(times['reference']):.2f} s/step",
+        ),
+        check(
+            "4 train step",
+            "reference step time / step time (CPU kernels' speed-up)",
+            kernel_speedup,
+            1.0,
+            ">=",
+            source="bench",
+            fmt="{:.2f}",
+        ),
+        check(
+            "4 train step",
             "per-view time / batched time",
             speedup,
             1.0,
@@ -282,7 +320,17 @@ def main(argv: list[str] | None = None) -> dict:
             note="> 1 means one batched forward pays",
         ),
     ]
-    if peaks["batched"] and peaks["per_view"] and device.type == "cpu":
+    if bf16_speedup is not None:
+        summary.append(
+            check(
+                "4 train step",
+                "  fp32 reference time / bf16 autocast time (info)",
+                bf16_speedup,
+                fmt="{:.2f}",
+                note=f"fraction of the fp32 bound {fraction['batched_bf16']:.1%}",
+            )
+        )
+    if peaks.get("batched") and peaks.get("per_view") and device.type == "cpu":
         summary.append(
             check(
                 "4 train step",
@@ -305,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": threads,
             "warmup": warmup,
             "device": str(device),
+            "bf16": args.bf16,
             "matmul": MATMUL,
         },
         "loadavg_start": load_start,
@@ -313,7 +362,10 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_flops_per_s_rounds": matmul_rates,
         "fraction_of_matmul": fraction,
         "batched_speedup": speedup,
+        "kernel_speedup": kernel_speedup,
+        "bf16_speedup": bf16_speedup,
         "profile_split": split,
+        "profile_split_reference": reference_split,
         "step_peak_mb": {k: max(v) if v else None for k, v in peaks.items()},
         "profile_batch": profile_batch,
         "summary": summary,

@@ -14,12 +14,17 @@ Layout of one store (one group per store key):
 
 A shard is the unit of writing: one writer writes all of it, then its marker. A store without COMPLETE.json is
 never read for training. Writes are deterministic, so two writers of the same shard write the same bytes.
+
+Reads: tokens and attention rows are read as byte ranges of the shard files, one request per run of adjacent
+rows (`storage.row_reads`), and cast to float32 with torch; ``reads="zarr"`` (or ``GENERALAD_STORE_READS=zarr``)
+reads through Zarr slices and orthogonal selections instead, the path before `storage.row_reads`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -40,8 +45,11 @@ from storage import fingerprint as _fingerprint
 from storage import urls
 from storage.fingerprint import StoreFingerprint
 from storage.prefetch import prefetched
+from storage.row_reads import ShardRows, read_rows, zarr_rows
 
-__all__ = ["FeatureStore", "StoreWriter", "StoreLayout", "shard_checksum", "DEFAULT_SHARD_SIZE"]
+__all__ = ["FeatureStore", "StoreWriter", "StoreLayout", "shard_checksum", "DEFAULT_SHARD_SIZE", "READS_ENV"]
+
+READS_ENV = "GENERALAD_STORE_READS"
 
 DEFAULT_SHARD_SIZE = 32
 COMPLETE_FILE = "COMPLETE.json"
@@ -290,9 +298,20 @@ def is_complete(url: str) -> bool:
 
 
 class FeatureStore:
-    """A complete store opened for reading; a `FeatureSource` for training and evaluation."""
+    """A complete store opened for reading; a `FeatureSource` for training and evaluation.
 
-    def __init__(self, url: str, *, prefetch: int = 2):
+    ``prefetch`` batches are read ahead; ``reads`` is "runs" or "zarr" (module docstring); ``dtype`` is what
+    `read` returns, None for the stored dtype (the consumer casts where it computes, e.g. on a GPU).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefetch: int = 2,
+        reads: str | None = None,
+        dtype: torch.dtype | None = torch.float32,
+    ):
         self.url = urls.normalize(url)
         if not urls.exists(self.url):
             raise StoreError(f"no feature store at {self.url}")
@@ -315,6 +334,14 @@ class FeatureStore:
         self._attn = group["cls_attn"]
         self._masks = group["masks"] if self.layout.has_masks else None
         self.prefetch = prefetch
+        self.dtype = dtype
+        self.reads = reads or os.environ.get(READS_ENV, "").strip().lower() or "runs"
+        if self.reads not in ("runs", "zarr"):
+            raise StoreError(f"reads must be 'runs' or 'zarr', got {self.reads!r}")
+        self._readers = {
+            name: ShardRows.of(urls.join(self.url, name), array) if self.reads == "runs" else None
+            for name, array in (("tokens", self._tokens), ("cls_attn", self._attn))
+        }
         self._manifest: pd.DataFrame | None = None
         self._splits_frame: pd.DataFrame | None = None
 
@@ -393,32 +420,21 @@ class FeatureStore:
         )
 
     def read(self, rows: Sequence[int]) -> FeatureBatch:
-        """Tokens and attention of `rows` (any order) as float32 tensors."""
-        index = np.asarray(rows, dtype=np.int64)
+        """Tokens and attention of `rows` (any order, repeats allowed) as tensors of `dtype`."""
+        index = np.asarray(rows, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= self.num_images):
             raise StoreError(f"row index out of range 0..{self.num_images - 1}")
-        tokens = _take(self._tokens, index)
-        attn = _take(self._attn, index)
-        return torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(attn.astype(np.float32))
+        tokens = torch.from_numpy(read_rows(self._readers["tokens"], self._tokens, index))
+        attn = torch.from_numpy(read_rows(self._readers["cls_attn"], self._attn, index))
+        if self.dtype is not None:
+            tokens, attn = tokens.to(self.dtype), attn.to(self.dtype)
+        return tokens, attn
 
     def masks(self, rows: Sequence[int]) -> np.ndarray:
         if self._masks is None:
             raise StoreError(f"feature store {self.url} has no masks")
-        return _take(self._masks, np.asarray(rows, dtype=np.int64))
+        return zarr_rows(self._masks, np.asarray(rows, dtype=np.int64))
 
     def iter_batches(self, batches: Iterable[Sequence[int]]) -> Iterator[FeatureBatch]:
         """One batch per index list, read ahead by `prefetch` batches in a background thread."""
         return prefetched(((lambda rows=rows: self.read(rows)) for rows in batches), depth=self.prefetch)
-
-
-def _take(array: zarr.Array, index: np.ndarray) -> np.ndarray:
-    """array[index] along axis 0, reading a contiguous range in one request when the rows are consecutive."""
-    if index.size == 0:
-        return np.empty((0, *array.shape[1:]), dtype=array.dtype)
-    if index.size > 1 and np.all(np.diff(index) == 1):
-        return array[int(index[0]) : int(index[-1]) + 1]
-    order = np.argsort(index, kind="stable")
-    data = array.get_orthogonal_selection((index[order],))
-    out = np.empty_like(data)
-    out[order] = data
-    return out

@@ -11,6 +11,12 @@ Architecture (defaults are the paper's)::
 About 9.8 M parameters at E=1024, N=1369 (9,800,704 exactly). Nothing mixes images of a batch (no batch
 norm), so a batch of several views concatenated along the batch axis gives each view exactly what a separate
 forward would in eval mode, and the same distribution in train mode (dropout masks are independent draws).
+
+Kernels: the parameters live in ``nn.MultiheadAttention`` (``attn.in_proj_*``, ``attn.out_proj``), so saved
+models load either way, but the block computes attention itself: ``F.scaled_dot_product_attention`` (a fused
+kernel) in eval mode and on GPUs, and on the CPU in train mode `generalad.method.kernels.dropout_attention`,
+because torch's CPU kernels with dropout fall back to unfused math; the dropouts draw cheaper masks there too.
+``generalad.method.kernels.reference_kernels()`` (or ``GENERALAD_KERNELS=reference``) restores torch's modules.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from generalad.errors import ConfigError
+from generalad.method import kernels
 
 __all__ = ["Discriminator", "DiscriminatorBlock"]
 
@@ -31,19 +39,35 @@ class DiscriminatorBlock(nn.Module):
     def __init__(self, embed_dim: int, *, num_heads: int, mlp_dim: int, dropout: float) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
-        self.attn_drop = nn.Dropout(dropout)
+        self.attn_drop = kernels.Dropout(dropout)
         self.norm = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, mlp_dim),
             nn.GELU(),
-            nn.Dropout(dropout),
+            kernels.Dropout(dropout),
             nn.Linear(mlp_dim, embed_dim),
         )
-        self.mlp_drop = nn.Dropout(dropout)
+        self.mlp_drop = kernels.Dropout(dropout)
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``self.attn(x, x, x, need_weights=False)`` computes, with a fused kernel where one exists."""
+        if kernels.use_reference():
+            return self.attn(x, x, x, need_weights=False)[0]
+        attn = self.attn
+        batch, num_patches, embed_dim = x.shape
+        heads = attn.num_heads
+        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(batch, num_patches, 3, heads, embed_dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        p = attn.dropout if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu":
+            out = kernels.dropout_attention(q, k, v, p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        out = out.transpose(1, 2).reshape(batch, num_patches, embed_dim)
+        return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attn(x, x, x, need_weights=False)
-        x = self.norm(x + self.attn_drop(attended))
+        x = self.norm(x + self.attn_drop(self._attention(x)))
         return x + self.mlp_drop(self.mlp(x))
 
 

@@ -282,8 +282,8 @@ def train_discriminator(
                     loss, parts = training_step(
                         model,
                         optimizer,
-                        tokens.to(device, non_blocking=True),
-                        cls_attn.to(device, non_blocking=True),
+                        tokens.to(device, torch.float32, non_blocking=True),  # a source may keep fp16
+                        cls_attn.to(device, torch.float32, non_blocking=True),
                         views=preset.views,
                         generator=generator,
                         sigma=preset.sigma,

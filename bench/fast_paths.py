@@ -1,0 +1,179 @@
+"""The CPU kernels and byte-range store reads against the paths before them: same results, time per epoch.
+
+1. Results unchanged in distribution: image AUROC over seeds on real data, each seed trained twice, with the
+   new paths (``generalad.method.kernels``, ``FeatureStore(reads="runs")``) and with the old ones
+   (`generalad.method.kernels.reference_kernels`, ``reads="zarr"``). Data: MVTec-AD grid from ../shared/data and
+   the generated quickstart brick, features from a random-weight ViT-S at a small size (tiny settings; the
+   numbers are a sanity check of equivalence, not of the method). The two paths draw different dropout masks,
+   so a seed's two AUROCs differ a little; what must hold is the same mean within the seeds' spread.
+2. Time per epoch of an industrial-sized class at 224 px (54 training images, 3 steps of 16, the industrial
+   preset, fp32) from a fp16 store on disk, old vs new interleaved per round (median of per-round ratios), wall
+   clock and process CPU time (all threads: the read-ahead thread too).
+
+Usage::
+
+    .venv/bin/python bench/fast_paths.py [--quick] [--seeds 5] [--epochs 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from common import (
+    SHARED_DATA,
+    base_parser,
+    check,
+    finish,
+    loadavg,
+    median,
+    print_table,
+    scratch_dir,
+    synthetic_store,
+)
+
+NAME = "fast_paths"
+
+
+def _datasets(tmp: Path) -> dict:
+    from generalad.data import generate_quickstart, get_dataset
+
+    out = {}
+    grid = SHARED_DATA / "mvtec_ad"
+    if (grid / "grid" / "train" / "good").is_dir():
+        out["mvtec_ad/grid"] = (get_dataset("mvtec_ad", grid, category="grid"), "grid")
+    quick = generate_quickstart(
+        tmp / "quickstart", n_train=24, n_test_good=6, n_test_defect=10, image_size=112
+    )
+    out["quickstart/brick"] = (get_dataset("quickstart", quick, category="brick"), "brick")
+    return out
+
+
+def _auroc(store, normal_class: str, preset, seed: int, old: bool) -> float:
+    from generalad.apps.train_job import train_from_store
+    from generalad.method.kernels import reference_kernels
+    from storage.feature_store import FeatureStore
+
+    source = FeatureStore(store.url, reads="zarr" if old else "runs")
+    with reference_kernels(old):
+        result = train_from_store(source, normal_class, preset=preset, seed=seed, progress=False)
+    return next(
+        m["value"] for m in result.metrics if m["metric"] == "image_auroc" and m["selection"] == "last"
+    )
+
+
+def equivalence(tmp: Path, seeds: int, epochs: int, size: int) -> list[dict]:
+    from generalad.backbone import BackboneSpec
+    from generalad.method.presets import preset_for
+    from storage.extraction import extract_features
+    from storage.feature_store import FeatureStore
+
+    spec = BackboneSpec(weights="random", image_size=size, init_values=1.0)
+    rows = []
+    for name, (adapter, normal_class) in _datasets(tmp).items():
+        store = FeatureStore(extract_features(adapter, spec, str(tmp / "stores"), progress=False).url)
+        preset = preset_for("mvtec_ad").with_overrides(epochs=epochs)
+        new = [_auroc(store, normal_class, preset, s, old=False) for s in range(seeds)]
+        old = [_auroc(store, normal_class, preset, s, old=True) for s in range(seeds)]
+        rows.append({"data": name, "new": new, "old": old})
+    return rows
+
+
+def epoch_times(tmp: Path, rounds: int, epochs: int) -> dict[str, dict[str, list[float]]]:
+    """Per-epoch wall and CPU seconds (median over a run's epochs) per round, old and new alternating."""
+    from generalad.apps.train_job import train_from_store
+    from generalad.method.kernels import reference_kernels
+    from generalad.method.presets import preset_for
+    from storage.feature_store import FeatureStore
+
+    url = synthetic_store(str(tmp / "g16.zarr"), classes=("a", "b"), n_train=54, n_test_per_class=49, grid=16)
+    preset = preset_for("mvtec_ad").with_overrides(epochs=epochs)
+    out: dict[str, dict[str, list[float]]] = {"new": {"wall": [], "cpu": []}, "old": {"wall": [], "cpu": []}}
+    for r in range(rounds):
+        for name in ("new", "old") if r % 2 == 0 else ("old", "new"):
+            store = FeatureStore(url, reads="zarr" if name == "old" else "runs")
+            cpu = time.process_time()
+            with reference_kernels(name == "old"):
+                result = train_from_store(store, "a", preset=preset, seed=r, progress=False)
+            cpu = time.process_time() - cpu
+            out[name]["wall"].append(median([h["seconds"] for h in result.history]))
+            out[name]["cpu"].append(cpu / epochs)  # scoring included; dominated by the epochs
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per data set (3 quick, 5 full)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs of the AUROC runs (5 quick, 10 full)"
+    )
+    parser.add_argument("--size", type=int, default=112, help="image size of the AUROC runs' features")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds of the epoch timing (2 quick, 3 full)"
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    seeds, epochs = args.seeds or (3 if args.quick else 5), args.epochs or (5 if args.quick else 10)
+    rounds = args.rounds or (2 if args.quick else 3)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_start = loadavg()
+    with scratch_dir("fast-paths") as tmp:
+        aurocs = equivalence(tmp, seeds, epochs, args.size)
+        times = epoch_times(tmp, rounds, epochs=3)
+    print(
+        f"\nimage AUROC, new vs old paths, {seeds} seeds, {epochs} epochs, {args.size} px; load {load_start}"
+    )
+    table, summary = [], []
+    for row in aurocs:
+        new, old = row["new"], row["old"]
+        spread = statistics.pstdev(new + old) or 1e-9
+        diff = statistics.mean(new) - statistics.mean(old)
+        table.append([row["data"], statistics.mean(new), statistics.mean(old), diff, spread])
+        summary.append(
+            check(
+                "12 equivalence",
+                f"|mean AUROC new - old| / spread over seeds, {row['data']}",
+                abs(diff) / spread,
+                1.0,
+                "<=",
+                source="bench",
+                fmt="{:.2f}",
+                note=f"new {statistics.mean(new):.3f}, old {statistics.mean(old):.3f}",
+            )
+        )
+    print_table(["data", "mean AUROC new", "mean AUROC old", "new - old", "std over all runs"], table)
+    ratio_wall = median([o / n for o, n in zip(times["old"]["wall"], times["new"]["wall"], strict=True)])
+    ratio_cpu = median([o / n for o, n in zip(times["old"]["cpu"], times["new"]["cpu"], strict=True)])
+    print(
+        f"\nper epoch, 224 px industrial class (54 train images, fp32): old / new = {ratio_wall:.2f} (wall), "
+        f"{ratio_cpu:.2f} (process CPU); new {median(times['new']['wall']):.2f} s, old "
+        f"{median(times['old']['wall']):.2f} s (wall, median of rounds)"
+    )
+    summary.append(
+        check(
+            "12 epoch",
+            "old / new time per epoch, 224 px industrial (wall)",
+            ratio_wall,
+            1.7,
+            ">=",
+            fmt="{:.2f}",
+        )
+    )
+    summary.append(check("12 epoch", "  same, process CPU time (info)", ratio_cpu, fmt="{:.2f}"))
+    payload = {
+        "config": {"seeds": seeds, "epochs": epochs, "size": args.size, "rounds": rounds},
+        "loadavg_start": load_start,
+        "auroc": aurocs,
+        "epoch_seconds": times,
+        "ratio_wall": ratio_wall,
+        "ratio_cpu": ratio_cpu,
+        "summary": summary,
+    }
+    return finish(NAME, args, payload, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The CPU kernels of the discriminator: exact against the reference formulation, same distribution in training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from generalad.method import kernels
+from generalad.method.discriminator import Discriminator
+
+
+def _masks_of_call(shape: tuple[int, int, int], p: float, seed: int) -> torch.Tensor:
+    """The keep mask `dropout_attention` uses for (G, N, N) scores with this seed, block by block."""
+    groups, rows, cols = shape
+    keep = torch.empty(shape, dtype=torch.uint8)
+    for index, (g0, g1, i0, i1) in enumerate(kernels._blocks(groups, rows, cols)):
+        keep[g0:g1, i0:i1] = kernels._block_mask(
+            torch.Size((g1 - g0, i1 - i0, cols)), p, seed, index, torch.device("cpu")
+        )
+    return keep
+
+
+@pytest.mark.parametrize("block_elements", [64, 4096, 1 << 18])  # query-row blocks, head groups, one block
+def test_dropout_attention_equals_the_explicit_formula_with_its_mask(monkeypatch, block_elements):
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(0)
+    groups, rows, dim, p = 6, 37, 8, 0.3
+    q, k, v = (torch.randn(groups, rows, dim, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**32, (1,)))  # the seed dropout_attention draws first
+    torch.manual_seed(5)
+    out = kernels.dropout_attention(q, k, v, p)
+    keep = _masks_of_call((groups, rows, rows), p, seed).double()
+    weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(dim), dim=-1)
+    reference = (weights * keep / (1 - p)) @ v
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), grad)
+    theirs = torch.autograd.grad(reference, (q, k, v), grad)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert 0.25 < 1 - keep.mean().item() < 0.35
+
+
+def test_dropout_attention_matches_torch_in_distribution():
+    """Mean and variance over draws of our attention and torch's math kernel with the same dropout agree."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 12, 4, dtype=torch.float64) for _ in range(3))
+    draws = 3000
+    ours = torch.stack([kernels.dropout_attention(q, k, v, 0.2) for _ in range(draws)])
+    theirs = torch.stack([F.scaled_dot_product_attention(q, k, v, dropout_p=0.2) for _ in range(draws)])
+    exact_mean = F.scaled_dot_product_attention(q, k, v)
+    spread = theirs.std(0) / math.sqrt(draws)
+    assert ((ours.mean(0) - exact_mean).abs() < 5 * spread + 1e-9).all()
+    ratio = ours.var(0).sum() / theirs.var(0).sum()
+    assert 0.9 < ratio.item() < 1.1
+
+
+@pytest.mark.parametrize("p", [0.1, 0.03, 0.5])
+def test_keep_mask_rate_is_exact(p):
+    n = 1 << 22
+    keep = kernels.keep_mask((n,), p, generator=torch.Generator().manual_seed(1))
+    assert keep.dtype == torch.uint8 and set(keep.unique().tolist()) <= {0, 1}
+    drop_rate = 1 - keep.double().mean().item()
+    sigma = math.sqrt(p * (1 - p) / n)
+    # 0.1 * 256 = 25.6: ignoring the straddling lane value would give 25/256 (15 sigma off) or 26/256
+    assert abs(drop_rate - p) < 4 * sigma
+    again = kernels.keep_mask((n,), p, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(keep, again)
+
+
+def test_dropout_module_scales_and_masks_like_torch():
+    torch.manual_seed(0)
+    x = torch.rand(1 << 20, dtype=torch.float64) + 0.5
+    x.requires_grad_(True)
+    layer = kernels.Dropout(0.1).train()
+    y = layer(x)
+    dropped = y == 0
+    assert abs(dropped.double().mean().item() - 0.1) < 4 * math.sqrt(0.09 / x.numel())
+    torch.testing.assert_close(y[~dropped], x[~dropped] / 0.9)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad == 0, dropped)
+    torch.testing.assert_close(grad[~dropped], torch.full_like(grad[~dropped], 1 / 0.9))
+    assert abs((y.sum() / x.sum()).item() - 1) < 0.005  # unbiased
+    assert torch.equal(layer.eval()(x), x)
+
+
+def _loss_and_grads(model: Discriminator, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    logits = model(x)
+    loss = F.binary_cross_entropy_with_logits(
+        logits, (torch.arange(logits.numel()) % 3 == 0).view_as(logits).double()
+    )
+    return loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_discriminator_equals_torch_modules_without_dropout(train):
+    """Eval mode (and train mode with dropout 0): loss and every gradient equal the nn.MultiheadAttention path."""
+    torch.manual_seed(0)
+    model = Discriminator(
+        20, 16, num_heads=4, mlp_dim=24, num_blocks=2, dropout=0.0 if train else 0.1
+    ).double()
+    model.train(train)
+    x = torch.randn(3, 20, 16, dtype=torch.float64)
+    loss, grads = _loss_and_grads(model, x)
+    with kernels.reference_kernels():
+        ref_loss, ref_grads = _loss_and_grads(model, x)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_discriminator_train_mode_is_seeded_and_switchable():
+    model = Discriminator(16, 8, mlp_dim=32).train()
+    x = torch.randn(4, 16, 8)
+    torch.manual_seed(3)
+    first = model(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, model(x))
+    assert not kernels.use_reference()
+    with kernels.reference_kernels():
+        assert kernels.use_reference()
+        torch.manual_seed(3)
+        assert not torch.equal(first, model(x))  # torch's own masks: another draw
+    assert not kernels.use_reference()
+
+
+def test_bf16_autocast_trains_through_the_kernels_close_to_fp32():
+    torch.manual_seed(0)
+    model = Discriminator(32, 16, mlp_dim=32, dropout=0.0).train()
+    x = torch.randn(3, 32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), model(x), rtol=0.05, atol=0.05)
+    layer = kernels.Dropout(0.5).train()
+    q = torch.randn(2, 4, 40, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.dropout_attention(q.bfloat16(), q.bfloat16(), q.bfloat16(), 0.2)
+        (out.float().sum() + layer(q).float().sum()).backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
