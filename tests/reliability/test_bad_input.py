@@ -125,7 +125,10 @@ def _cli_extract(tmp_path, *extra: str, dataset: str = "mvtec_ad", category: str
         ({"category": "bottles"}, "category 'bottles' of mvtec_ad not found"),
         ({"category": "../bottle"}, "category '../bottle' is not a plain name"),
         ({"extra": ("--backbone", "vit_nonexistent_patch16")}, "unknown backbone 'vit_nonexistent_patch16'"),
-        ({"extra": ("--backbone", "resnet18")}, "'resnet18' is not a timm VisionTransformer with a class token"),
+        (
+            {"extra": ("--backbone", "resnet18")},
+            "'resnet18' is not a timm VisionTransformer with a class token",
+        ),
         ({"extra": ("--image-size", "30")}, "image size 30 is not a multiple of the patch size 14"),
         ({"extra": ("--layers", "12")}, "layer 12 is out of range"),
         ({"extra": ("--weights", "weights.bin.missing")}, "weights file weights.bin.missing does not exist"),
