@@ -62,12 +62,14 @@ def _check_frame(metrics: pd.DataFrame) -> None:
 
 
 def _latest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Only the rows of the latest run of each configuration (config_hash)."""
+    """Only the rows of the latest run of each configuration (config_hash) of each suite entry (suite, variant):
+    the same configuration run by two suites (table1's and table4's DINOv2-B) keeps a row in each."""
     if frame.empty:
         return frame
-    runs = frame.groupby(["config_hash", "run_id"], as_index=False)["created_at"].max()
-    latest = runs.sort_values(["created_at", "run_id"]).groupby("config_hash").tail(1)
-    return frame.merge(latest[["config_hash", "run_id"]], on=["config_hash", "run_id"], how="inner")
+    config = ["config_hash", "suite", "variant"]
+    runs = frame.groupby([*config, "run_id"], as_index=False)["created_at"].max()
+    latest = runs.sort_values(["created_at", "run_id"]).groupby(config).tail(1)
+    return frame.merge(latest[[*config, "run_id"]], on=[*config, "run_id"], how="inner")
 
 
 def _weights_kind(pretrained: pd.Series) -> pd.Series:

@@ -235,3 +235,26 @@ def test_bad_input():
         render_table(frame([row("mvtec_ad", "bottle", 0.9)]), fmt="html")
     empty = render_table(frame([row("mvtec_ad", "bottle", 0.9)]), metric="aupro")
     assert "no ok rows" in empty
+
+
+def test_variants_are_rows_and_each_suite_keeps_its_latest_run(tmp_path):
+    """Two variants of one class are two table rows (no 'different configurations' error), and the same
+    configuration run by two suites keeps its row in each."""
+    from storage.report_schema import MetricRow
+    from storage.reports import ReportStore
+
+    store = ReportStore(str(tmp_path / "r"))
+    common = dict(dataset="mvtec_ad", backbone=B, weights="hub:timm/vit_base_patch14_dinov2.lvd142m",
+                  epochs=160, top_k=10, metric="image_auroc", class_name="bottle", category="bottle")  # fmt: skip
+    views = ("clean+noise_all", "clean+noise_all+noise_random")
+    store.write_run("t5", [MetricRow(**row_config(), run_id="t5", views=v, value=0.9 + i / 100, suite="table5",
+                                     variant=f"views={v}", **common) for i, v in enumerate(views)])  # fmt: skip
+    store.write_run(
+        "t1", [MetricRow(**row_config(), run_id="t1", views=views[1], value=0.5, suite="table1", **common)]
+    )
+    frame = store.read_metrics()
+    text = render_table(frame)
+    assert "| variant |" in text
+    assert f"| views={views[0]} | last | 90.0 |" in text and f"| views={views[1]} | last | 91.0 |" in text
+    assert "| last | 50.0 |" in text  # table1's run of the same configuration is not replaced by table5's
+    assert "| 91.0 |" not in render_table(frame, suite="table1")
