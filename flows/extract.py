@@ -27,27 +27,36 @@ def extract_store(
     dtype: str = "float16",
     store: str,
     dataset_options: dict | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
     """Extract (or find complete) the store of one dataset/category; returns its URL and the work it took.
+    `device` (auto, cpu, cuda, cuda:N) and `precision` (fp32, tf32, bf16, fp16 on CUDA) of the backbone.
 
     `dataset_options` go to the adapter (e.g. {"split": "listing_80_20"} for VisA) and into the store key."""
     spec = BackboneSpec(
         name=backbone, weights=weights, seed=seed, image_size=image_size, layers=tuple(layers)
     )
     adapter = get_dataset(dataset, root, category=category, **(dataset_options or {}))
-    result = extract_features(adapter, spec, store, dtype=dtype)
+    result = extract_features(adapter, spec, store, dtype=dtype, device=device, precision=precision)
     logger = get_run_logger()
     if result.reused:
         logger.info("store complete, no extraction: %s", result.url)
     else:
         logger.info(
-            "extracted %d images in %.1f s into %s", result.images_extracted, result.seconds, result.url
+            "extracted %d images in %.1f s on %s (%s) into %s",
+            result.images_extracted,
+            result.seconds,
+            result.device,
+            result.precision,
+            result.url,
         )
     return {
         "url": result.url,
         "images_extracted": result.images_extracted,
         "seconds": result.seconds,
         "reused": result.reused,
+        "device": result.device,
     }
 
 
@@ -64,6 +73,8 @@ def extract_features_flow(
     dtype: str = "float16",
     store: str | None = None,
     dataset_options: dict | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> str:
     """Extract one dataset (or one category of it) into `store`; returns the store URL.
 
@@ -71,6 +82,8 @@ def extract_features_flow(
 
     `weights`: "auto" (pretrained when the hub weights are cached or reachable, else an explicit random init),
     "hub", "random", or a weights file. `store`: default `$GENERALAD_STORE`, else `./stores`.
+    `device`: auto (CUDA when visible), cpu, cuda, cuda:N. `precision`: fp32, tf32, bf16, fp16 (CUDA); part of
+    the store key unless fp32.
     """
     return extract_store(
         dataset,
@@ -84,6 +97,8 @@ def extract_features_flow(
         dtype=dtype,
         store=store or default_store_root(),
         dataset_options=dataset_options,
+        device=device,
+        precision=precision,
     )["url"]
 
 

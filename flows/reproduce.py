@@ -3,39 +3,39 @@
 `reproduce_all` reads top to bottom as its five steps, each a helper below it:
 (1) datasets: resolve every root the suite needs; a missing one is reported with its how-to-get line and the
     rest of the suite still runs;
-(2) extraction: every store the suite needs, once each, sequentially in this process (a complete store costs
-    nothing; extraction never shares the cores with training);
-(3) training: one task per (class, seed, shots) fanned out on Dask; every task's outcome is collected, a failure
-    included, without raising;
+(2) extraction: every store the suite needs, once each, in this process before any training (a complete store
+    costs nothing; extraction never shares the cores with training); sequentially on a CPU or one GPU, on one
+    lane per GPU at once when several are visible;
+(3) training: one task per (class, seed, shots) fanned out on Dask (one worker per core, or per GPU with each
+    task pinned to its worker's GPU); every task's outcome is collected, a failure included, without raising;
 (4) reports: every row, one status="failed" row per failed class task included, to the Parquet report store,
     plus Prefect artifacts;
 (5) the flow ends Failed with `SuiteFailed`, naming every failed dataset, extraction and class task (Prefect 3
     would not fail the flow by itself for a failed task whose state nobody checks).
+
+With `plan_only=True` it stops before step 2 and returns the plan (`flows.plan`): what it would do and how long
+that would take on this machine's device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from flows.extract import extract_store
+from flows.extract_suite import extract_all as _extract_all
+from flows.plan_build import default_data_home, plan_suite, resolve_datasets
+from flows.plan_report import render_plan
 from flows.runtime import api_for_subprocesses, new_run_id, plan_dask
-from flows.suites import Suite, SuiteEntry, dataset_roots, get_suite, missing_datasets
+from flows.suites import Suite, get_suite
 from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
 from generalad.apps.suite_tables import fig4_plots, render_suite
 from generalad.apps.visualize import markdown_images
-from generalad.backbone import resolve_weights
-from generalad.data import generate_quickstart, get_dataset_class
 from generalad.defaults import default_reports_root, default_store_root
-from storage.feature_store import FeatureStore
 from storage.report_schema import redact
 from storage.reports import ReportStore
 
@@ -55,11 +55,6 @@ class SuiteFailed(RuntimeError):
         self.summary = summary or {}
 
 
-def default_data_home() -> Path:
-    """Where generated data (the quickstart set) lives: `$GENERALAD_HOME/data`, default `./.generalad/data`."""
-    return Path(os.environ.get("GENERALAD_HOME", ".generalad")) / "data"
-
-
 @flow(name="reproduce-all")
 def reproduce_all(
     suite: str = "quickstart",
@@ -71,6 +66,10 @@ def reproduce_all(
     n_workers: int | None = None,
     eval_every_epoch: bool = True,
     run_id: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    extract_precision: str = "fp32",
+    plan_only: bool = False,
 ) -> dict:
     """Run a named suite end to end and write its Parquet reports.
 
@@ -85,10 +84,16 @@ def reproduce_all(
         n_workers: LocalCluster size (default: one per task up to the core count).
         eval_every_epoch: evaluate after every epoch, reporting both `last` and `best_on_test`.
         run_id: the report run id; a rerun with the same id replaces that run's rows only.
+        device: auto (CUDA when visible, every GPU used), cpu, cuda, cuda:N; the rows record the device used.
+        precision: training and scoring precision: fp32 (the paper's), tf32, bf16, fp16 (CUDA).
+        extract_precision: the backbone's precision (part of the store key unless fp32).
+        plan_only: only plan: count the work, calibrate and estimate the wall time; nothing is extracted,
+            trained or written.
 
     Returns:
         {"run_id", "reports", "table" (markdown), "failures" (empty), "tasks", "extractions" (one per store:
-        url, images_extracted, seconds, reused)}.
+        url, images_extracted, seconds, reused)}; with `plan_only`, {"plan" (text), "estimate" (seconds by
+        phase), "totals" (counts)}.
 
     Raises:
         SuiteFailed: naming every missing dataset, failed extraction and failed class task, after the rows of
@@ -96,8 +101,17 @@ def reproduce_all(
     """
     logger = get_run_logger()
     the_suite = get_suite(suite)
-    run_id = run_id or new_run_id(the_suite.name)
     reports, store = reports or default_reports_root(), store or default_store_root()
+    if plan_only:
+        plan = plan_suite(
+            suite, config=config, store=store, weights=weights, device=device, precision=precision,
+            extract_precision=extract_precision, eval_every_epoch=eval_every_epoch,
+        )  # fmt: skip
+        text = render_plan(plan)
+        logger.info("plan of suite %s:\n%s", suite, text)
+        create_markdown_artifact(f"```\n{text}\n```", key="reproduce-plan", description="reproduce-all plan")
+        return {"plan": text, "estimate": plan.estimate(), "totals": plan.totals}
+    run_id = run_id or new_run_id(the_suite.name)
 
     # 1. datasets
     roots, missing = _resolve_datasets(the_suite, config)
@@ -107,12 +121,26 @@ def reproduce_all(
 
     # 2. extraction
     extraction = _extract_all(
-        the_suite, roots, missing, weights=weights, store=store, eval_every_epoch=eval_every_epoch
+        the_suite,
+        roots,
+        missing,
+        weights=weights,
+        store=store,
+        eval_every_epoch=eval_every_epoch,
+        device=device,
+        precision=extract_precision,
     )
     failures += extraction.failures
 
     # 3. training
-    outcomes = _train_all(extraction.jobs, run_id, dask_address=dask_address, n_workers=n_workers)
+    outcomes = _train_all(
+        extraction.jobs,
+        run_id,
+        dask_address=dask_address,
+        n_workers=n_workers,
+        device=device,
+        precision=precision,
+    )
     failures += [
         f"class task {job.label} of {job.store_url}: {outcome}"
         for job, outcome in outcomes
@@ -143,149 +171,47 @@ def reproduce_all(
 
 def _resolve_datasets(suite: Suite, config: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """Dataset roots (the quickstart set generated when it has none) and the missing ones with how-to-get lines."""
-    roots = dataset_roots(config)
-    if "quickstart" in suite.datasets() and "quickstart" not in roots:
-        roots["quickstart"] = str(generate_quickstart(default_data_home() / "quickstart"))
-    return roots, missing_datasets(suite, roots)
+    return resolve_datasets(suite, config)
 
 
 # -- 2. extraction -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreTarget:
-    """One feature store an entry needs (a dataset, or one category of an industrial dataset)."""
-
-    entry: SuiteEntry
-    root: str
-    category: str | None
-
-
-@dataclass
-class Extraction:
-    """What the extraction step produced: the class jobs to run, the stores, and what failed."""
-
-    jobs: list[ClassJob] = field(default_factory=list)
-    stores: list[dict] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-
-def _extract_all(
-    suite: Suite,
-    roots: Mapping[str, str],
-    missing: Mapping[str, str],
-    *,
-    weights: str,
-    store: str,
-    eval_every_epoch: bool,
-) -> Extraction:
-    """Extract (or find complete) every store of the suite's available datasets, each store once; one failed
-    entry or store is recorded and the rest goes on."""
-    out = Extraction()
-    done: dict[tuple, dict] = {}  # same dataset/category/backbone/size/layers/weights -> one store
-    for entry in suite.entries:
-        if entry.dataset in missing:
-            continue  # already reported
-        where = f"{entry.dataset} ({entry.backbone}{', ' + entry.label if entry.label else ''})"
-        try:
-            entry_weights = resolve_weights(entry.weights or weights, entry.backbone)
-            targets = _targets(entry, roots[entry.dataset])
-        except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
-            out.failures.append(f"entry {where}: {type(exc).__name__}: {exc}")
-            continue
-        for target in targets:
-            key = (
-                entry.dataset,
-                target.category,
-                entry.backbone,
-                entry_weights,
-                entry.image_size,
-                entry.layers,
-                entry.dataset_options,
-            )
-            if key not in done:
-                try:
-                    done[key] = extract_store(
-                        entry.dataset,
-                        target.root,
-                        target.category,
-                        backbone=entry.backbone,
-                        weights=entry_weights,
-                        image_size=entry.image_size,
-                        layers=entry.layers,
-                        store=store,
-                        dataset_options=entry.options(),
-                    )
-                except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
-                    done[key] = {"error": f"{type(exc).__name__}: {exc}"}
-                    out.failures.append(
-                        f"extraction {entry.dataset}/{target.category or '*'} ({entry.backbone}): "
-                        f"{done[key]['error']}"
-                    )
-                    continue
-                out.stores.append(done[key])
-            if "error" not in done[key]:
-                out.jobs.extend(_jobs(target, done[key], eval_every_epoch, suite.name))
-    return out
-
-
-def _targets(entry: SuiteEntry, root: str) -> list[StoreTarget]:
-    """Industrial datasets get one store per category (the entry's, else every category under the root)."""
-    cls = get_dataset_class(entry.dataset)
-    if not cls.requires_category:
-        return [StoreTarget(entry, root, None)]
-    categories = entry.categories or tuple(cls(Path(root), None, **entry.options()).categories())
-    return [StoreTarget(entry, root, c) for c in categories]
-
-
-def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool, suite: str) -> list[ClassJob]:
-    """One job per (normal class, seed, shots) of the entry on this store."""
-    entry = target.entry
-    classes = (
-        [target.category]
-        if target.category
-        else list(entry.categories or FeatureStore(built["url"]).normal_classes)
-    )
-    extract_seconds = None if built["reused"] else built["seconds"]
-    return [
-        ClassJob(
-            built["url"],
-            c,
-            seed,
-            shots,
-            entry.overrides(),
-            eval_every_epoch,
-            extract_seconds,
-            variant=entry.label,
-            suite=suite,
-            select_on_pixel=entry.select_on_pixel and eval_every_epoch,
-        )
-        for c in classes
-        for seed, shots in entry.variants()
-    ]
 
 
 # -- 3. training -------------------------------------------------------------------------------------------------
 
 
 def _train_all(
-    jobs: list[ClassJob], run_id: str, *, dask_address: str | None, n_workers: int | None
+    jobs: list[ClassJob],
+    run_id: str,
+    *,
+    dask_address: str | None,
+    n_workers: int | None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> list[Outcome]:
     """Every job's outcome, in order; a cluster that fails as a whole fails every job with its error."""
     if not jobs:
         return []
-    plan = plan_dask(len(jobs), address=dask_address, n_workers=n_workers)
+    plan = plan_dask(len(jobs), address=dask_address, n_workers=n_workers, device=device)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster chatter drowns the results
     get_run_logger().info(
         "training %d class tasks on %s",
         len(jobs),
         plan.address or f"a LocalCluster of {plan.n_workers} (torch threads {plan.torch_threads} each)",
     )
+    if plan.gpus:
+        get_run_logger().info("one GPU per worker: %d GPU(s), each task pinned to its worker's", plan.gpus)
     runner = DaskTaskRunner(**plan.runner_kwargs())
     try:
         with api_for_subprocesses():  # the workers report to this flow's server, never start their own
             return train_classes.with_options(task_runner=runner)(
-                jobs, run_id, plan.torch_threads, _this_flow_run_id()
+                jobs,
+                run_id,
+                plan.torch_threads,
+                _this_flow_run_id(),
+                device=device,
+                precision=precision,
+                gpus=plan.gpus,
             )
     except Exception as exc:  # noqa: BLE001 - e.g. an unreachable scheduler: every job is named as failed
         error = f"the Dask run failed: {type(exc).__name__}: {exc}"
@@ -294,16 +220,35 @@ def _train_all(
 
 @flow(name="train-classes")
 def train_classes(
-    jobs: list[ClassJob], run_id: str, torch_threads: int | None, flow_run_id: str | None = None
+    jobs: list[ClassJob],
+    run_id: str,
+    torch_threads: int | None,
+    flow_run_id: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    gpus: int = 0,
 ) -> list[Outcome]:
     """Submit every class job to the flow's task runner (Dask); collect every result or error, never raising.
 
-    `flow_run_id`: the run the report rows name (the calling `reproduce-all` run).
+    `flow_run_id`: the run the report rows name (the calling `reproduce-all` run). `gpus` > 0: each task asks
+    for one `GPU` resource (one task per GPU worker at a time) and runs on its worker's GPU.
     """
-    futures = [
-        train_class.submit(job, run_id=run_id, torch_threads=torch_threads, flow_run_id=flow_run_id)
-        for job in jobs
-    ]
+    import dask
+
+    annotate = dask.annotate(resources={"GPU": 1}) if gpus else contextlib.nullcontext()
+    with annotate:
+        futures = [
+            train_class.submit(
+                job,
+                run_id=run_id,
+                torch_threads=torch_threads,
+                device=device,
+                precision=precision,
+                gpus=gpus,
+                flow_run_id=flow_run_id,
+            )
+            for job in jobs
+        ]
     outcomes: list[Outcome] = []
     for job, future in zip(jobs, futures, strict=True):
         future.wait()

@@ -1,6 +1,7 @@
 """The embedded defaults a flow runs on when nothing is configured: one local Prefect server for the whole run
 (bound to 127.0.0.1; Dask workers point at it instead of each starting a temporary server of their own), and a
-local Dask cluster sized so that workers x torch threads does not oversubscribe the cores."""
+local Dask cluster sized so that workers x torch threads does not oversubscribe the cores, or, when the tasks
+run on CUDA, one worker per visible GPU, each holding one `GPU` resource and its tasks pinned to its device."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ __all__ = [
     "api_for_subprocesses",
     "DaskPlan",
     "plan_dask",
+    "gpu_lanes",
+    "worker_device",
     "OFFLINE_ENV",
 ]
 
@@ -154,39 +157,99 @@ class DaskPlan:
     """Where per-class tasks run: an existing scheduler (`address`) or a LocalCluster of `n_workers`.
 
     `torch_threads` is what each task sets (None on an existing cluster: its workers' cores are not ours to
-    count, their own torch setting stays). A LocalCluster binds its scheduler, workers and dashboard to
-    127.0.0.1 only.
+    count, their own torch setting stays). `gpus`: 0 for CPU tasks; else each worker holds one `GPU` resource,
+    every task asks for one (`task_resources`), and a task on worker k trains on `cuda:k` (`worker_device`).
+    A LocalCluster binds its scheduler, workers and dashboard to 127.0.0.1 only.
     """
 
     address: str | None
     n_workers: int
     torch_threads: int | None
+    gpus: int = 0
+
+    @property
+    def task_resources(self) -> dict[str, int] | None:
+        """What each task asks the scheduler for (`dask.annotate(resources=...)`); None on CPU plans."""
+        return {"GPU": 1} if self.gpus else None
 
     def runner_kwargs(self) -> dict:
         if self.address:
             return {"address": self.address}
-        return {
-            "cluster_kwargs": {
-                "n_workers": self.n_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "host": "127.0.0.1",
-                "dashboard_address": "127.0.0.1:0",
-            }
+        kwargs = {
+            "n_workers": self.n_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
         }
+        if self.gpus:
+            kwargs["resources"] = {"GPU": 1}
+        return {"cluster_kwargs": kwargs}
 
 
-def plan_dask(n_tasks: int, *, address: str | None = None, n_workers: int | None = None) -> DaskPlan:
-    """Size the cluster: one worker per task up to the core count, torch threads = cores // workers (>= 1).
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-    `address` (default `$DASK_SCHEDULER_ADDRESS`) names an existing scheduler to use instead.
+
+def gpu_lanes(device: str = "auto", gpu_count: int | None = None) -> int:
+    """How many GPUs tasks on `device` spread over: every visible one for auto/cuda, one for cuda:N, 0 for CPU.
+
+    `gpu_count` fakes the visible count (tests); default `generalad.devices.cuda_count()`.
+    """
+    from generalad.devices import cuda_count
+
+    count = cuda_count() if gpu_count is None else gpu_count
+    name = (device or "auto").strip().lower()
+    if name in ("auto", "cuda"):
+        return count
+    return 1 if name.startswith("cuda:") and count else 0
+
+
+def plan_dask(
+    n_tasks: int,
+    *,
+    address: str | None = None,
+    n_workers: int | None = None,
+    device: str = "cpu",
+    gpu_count: int | None = None,
+) -> DaskPlan:
+    """Size the cluster. CPU tasks: one worker per task up to the core count, torch threads = cores // workers
+    (>= 1). CUDA tasks (`device` auto/cuda with GPUs visible, or cuda:N): one worker per GPU (up to the task
+    count), each with one GPU resource, torch threads = cores // workers for the host-side work.
+
+    `address` (default `$DASK_SCHEDULER_ADDRESS`) names an existing scheduler to use instead; its workers must
+    declare `--resources GPU=1` for a GPU plan. `gpu_count` fakes the visible GPU count (tests).
     """
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    gpus = gpu_lanes(device, gpu_count)
     if address:
-        return DaskPlan(address=address, n_workers=0, torch_threads=None)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = n_workers or max(1, min(n_tasks, cores))
-    return DaskPlan(address=None, n_workers=workers, torch_threads=max(1, cores // workers))
+        return DaskPlan(address=address, n_workers=0, torch_threads=None, gpus=gpus)
+    cores = _cores()
+    limit = gpus or cores
+    workers = n_workers or max(1, min(n_tasks, limit))
+    if gpus:
+        workers = min(workers, gpus)  # never two workers on one GPU's resource
+    return DaskPlan(
+        address=None, n_workers=workers, torch_threads=max(1, cores // workers), gpus=min(gpus, workers)
+    )
+
+
+def worker_device(device: str, gpus: int) -> str:
+    """The device a task runs on: on a multi-GPU plan, `cuda:<k>` for the task's Dask worker k (the LocalCluster
+    names its workers 0..n-1); otherwise `device` unchanged."""
+    name = (device or "auto").strip().lower()
+    if gpus <= 1 or name not in ("auto", "cuda"):
+        return device
+    try:
+        from distributed import get_worker
+
+        worker_name = get_worker().name
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return device
+    try:
+        return f"cuda:{int(worker_name) % gpus}"
+    except (TypeError, ValueError):  # an external cluster's named workers: hash the name onto a GPU
+        return f"cuda:{sum(map(ord, str(worker_name))) % gpus}"
 
 
 def new_run_id(prefix: str) -> str:

@@ -16,8 +16,10 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.retry import transient_io_only
+from flows.runtime import worker_device
 from generalad.apps.train_job import resolve_preset, train_from_store
 from generalad.defaults import default_reports_root
+from generalad.devices import device_label, resolve_device
 from generalad.errors import GeneralADError
 from storage.feature_store import FeatureStore
 from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
@@ -79,7 +81,9 @@ def train_class(
     *,
     run_id: str,
     torch_threads: int | None = 1,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str = "fp32",
+    gpus: int = 0,
     flow_run_id: str | None = None,
 ) -> ClassResult:
     """Train and evaluate one discriminator from the store; returns its report rows.
@@ -88,9 +92,14 @@ def train_class(
     `torch_threads`: intra-op threads for this task; None leaves the worker's setting alone (an external
     cluster, whose cores this process cannot see). `flow_run_id`: the flow run the rows name (default: the
     run this task belongs to; `reproduce-all` passes its own, not its `train-classes` subflow's).
+    `device`/`precision`: where and how it trains (`generalad.devices`); with `gpus` > 1 (a multi-GPU plan) an
+    auto/cuda task runs on its Dask worker's GPU. The rows record the device used (`cuda:1`, `cpu/bf16`).
     """
     if torch_threads:
         torch.set_num_threads(torch_threads)
+    used = resolve_device(worker_device(device, gpus))
+    if used.type == "cuda":
+        torch.cuda.set_device(used)  # library calls without an explicit index go to this task's GPU too
     store = FeatureStore.open(job.store_url)
     preset = resolve_preset(store, None, job.overrides)
     result = train_from_store(
@@ -102,13 +111,14 @@ def train_class(
         eval_every_epoch=job.eval_every_epoch,
         select_on_pixel=job.select_on_pixel,
         progress=False,
-        device=device,
+        device=used,
+        precision=precision,
     )
     context = RunContext.of_store(
         store,
         run_id=run_id,
         flow_run_id=flow_run_id or _flow_run_id(),
-        device=device,
+        device=device_label(used, precision),
         extract_seconds=job.extract_seconds,
         suite=job.suite,
         variant=job.variant,
@@ -171,8 +181,11 @@ def train_class_flow(
     eval_every_epoch: bool = True,
     reports: str | None = None,
     run_id: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
-    """Train one class from an existing store and append its rows to the report store.
+    """Train one class from an existing store and append its rows to the report store, on `device` (auto, cpu,
+    cuda, cuda:N) in `precision` (fp32, tf32, bf16, fp16 on CUDA).
 
     A failed task still leaves its status="failed" row in the reports, and the flow ends Failed naming the class.
     """
@@ -182,7 +195,9 @@ def train_class_flow(
     reports = reports or default_reports_root()
     job = ClassJob(store, class_name, seed, shots, {"epochs": epochs} if epochs else {}, eval_every_epoch)
     try:
-        result = train_class(job, run_id=run_id, torch_threads=torch.get_num_threads())
+        result = train_class(
+            job, run_id=run_id, torch_threads=torch.get_num_threads(), device=device, precision=precision
+        )
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         ReportStore(reports).write_run(run_id, failed_rows_of(job, run_id, error))

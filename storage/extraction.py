@@ -1,7 +1,10 @@
 """Running the frozen backbone over a dataset, once, into a feature store.
 
-Decoding and resizing run in a background thread while the backbone computes the previous batch. Shards already
-marked done are skipped, so a killed run resumes where it stopped; a complete store costs no backbone work at all.
+Decoding and resizing run in a pool of decode threads (PIL and the resize release the GIL) ahead of the backbone,
+which computes the previous batch meanwhile; bound for a GPU, a batch is stacked into pinned memory and copied
+without blocking. Shards already marked done are skipped, so a killed run resumes where it stopped; a complete
+store costs no backbone work at all. The forward runs on `device` in `precision` (`generalad.devices`); a
+precision other than fp32 is part of the store key.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from generalad.backbone import BackboneSpec, load_backbone
 from generalad.data.base import DatasetAdapter, Record
 from generalad.data.images import load_mask
 from generalad.data.preprocess import preprocess_image, preprocess_mask
+from generalad.devices import DEFAULT_PRECISION, autocast, check_precision, pin_if_cuda, resolve_device
 from generalad.errors import ConfigError, StoreError
 from storage import urls
 from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
@@ -45,6 +50,8 @@ class ExtractionResult:
     shards_written: int
     shards_skipped: int
     seconds: float
+    device: str = ""  # where the backbone ran ("" when the store was already complete)
+    precision: str = DEFAULT_PRECISION
 
     @property
     def reused(self) -> bool:
@@ -52,9 +59,14 @@ class ExtractionResult:
 
 
 def plan_store(
-    adapter: DatasetAdapter, spec: BackboneSpec, store_root: str, *, dtype: str = "float16"
+    adapter: DatasetAdapter,
+    spec: BackboneSpec,
+    store_root: str,
+    *,
+    dtype: str = "float16",
+    precision: str = DEFAULT_PRECISION,
 ) -> tuple[str, StoreFingerprint]:
-    """The store URL and fingerprint that an extraction of `adapter` with `spec` would use."""
+    """The store URL and fingerprint that an extraction of `adapter` with `spec` (in `precision`) would use."""
     if dtype not in FEATURE_DTYPES:
         raise ConfigError(f"feature dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     manifest = adapter.manifest()
@@ -66,6 +78,7 @@ def plan_store(
         manifest=manifest,
         root=adapter.root,
         options=adapter.options,
+        precision=precision,
     )
     return urls.join(store_root, fingerprint.dirname), fingerprint
 
@@ -116,15 +129,21 @@ def extract_features(
     dtype: str = "float16",
     batch_size: int = 8,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str = DEFAULT_PRECISION,
+    decode_workers: int | None = None,
     progress: bool = True,
 ) -> ExtractionResult:
     """Extract `adapter`'s images with `spec` into `<store_root>/<dataset>/<...>.zarr`, resuming a partial store.
 
-    Returns at once, without loading the backbone, when the store is already complete.
+    Returns at once, without loading the backbone, when the store is already complete. `device`: auto, cpu,
+    cuda, cuda:N; `precision`: fp32, tf32, bf16, fp16 (CUDA); `decode_workers`: decode threads (default: one
+    per core up to 8).
     """
     started = time.perf_counter()
-    url, fingerprint = plan_store(adapter, spec, store_root, dtype=dtype)
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
+    url, fingerprint = plan_store(adapter, spec, store_root, dtype=dtype, precision=precision)
     manifest = adapter.manifest()
     if _complete(url, fingerprint):
         return ExtractionResult(url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started)
@@ -136,7 +155,7 @@ def extract_features(
             return ExtractionResult(
                 url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started
             )
-        backbone = load_backbone(spec).to(device)
+        backbone = load_backbone(spec).to(torch_device)
         layout = StoreLayout(
             num_images=len(manifest),
             num_patches=backbone.num_patches,
@@ -169,33 +188,39 @@ def extract_features(
             file=sys.stderr,
         )
 
+        pool = ThreadPoolExecutor(decode_workers or _default_decode_workers(), thread_name_prefix="decode")
+
+        def decode_batch(lo: int, hi: int) -> tuple[torch.Tensor, list]:
+            decoded = list(
+                pool.map(
+                    lambda i: _decode(adapter, records[i], spec.image_size, adapter.has_masks), range(lo, hi)
+                )
+            )
+            pixels = pin_if_cuda(torch.stack([pixels for pixels, _ in decoded]), torch_device)
+            return pixels, [mask for _, mask in decoded]
+
         def batches() -> Iterator:
             for shard in todo:
                 start, stop = layout.shard_rows(shard)
                 for lo in range(start, stop, batch_size):
                     hi = min(lo + batch_size, stop)
-                    last = hi == stop
-                    yield lambda lo=lo, hi=hi, shard=shard, last=last: (
+                    yield lambda lo=lo, hi=hi, shard=shard, last=hi == stop: (
                         shard,
                         last,
-                        [
-                            _decode(adapter, records[i], spec.image_size, adapter.has_masks)
-                            for i in range(lo, hi)
-                        ],
+                        *decode_batch(lo, hi),
                     )
 
         tokens_acc: list[np.ndarray] = []
         attn_acc: list[np.ndarray] = []
         masks_acc: list[np.ndarray] = []
-        with torch.inference_mode():
-            for shard, last_of_shard, decoded in prefetched(batches(), depth=2):
-                images = torch.stack([pixels for pixels, _ in decoded]).to(device)
-                tokens, attn = backbone(images)
+        with pool, torch.inference_mode(), autocast(torch_device, precision):
+            for shard, last_of_shard, pixels, masks in prefetched(batches(), depth=2):
+                tokens, attn = backbone(pixels.to(torch_device, non_blocking=True))
                 tokens_acc.append(tokens.float().cpu().numpy())
                 attn_acc.append(attn.float().cpu().numpy())
                 if adapter.has_masks:
-                    masks_acc.append(np.stack([mask for _, mask in decoded]))
-                bar.update(len(decoded))
+                    masks_acc.append(np.stack(masks))
+                bar.update(len(masks))
                 if last_of_shard:
                     writer.write_shard(
                         shard,
@@ -205,7 +230,15 @@ def extract_features(
                     )
                     tokens_acc, attn_acc, masks_acc = [], [], []
         bar.close()
-        writer.mark_complete({"backbone": spec.name, "weights": fingerprint.weights, "grid": backbone.grid})
+        writer.mark_complete(
+            {
+                "backbone": spec.name,
+                "weights": fingerprint.weights,
+                "grid": backbone.grid,
+                "device": str(torch_device),
+                "precision": precision,
+            }
+        )
     return ExtractionResult(
         url,
         fingerprint.key,
@@ -214,7 +247,14 @@ def extract_features(
         len(todo),
         len(done),
         time.perf_counter() - started,
+        str(torch_device),
+        precision,
     )
+
+
+def _default_decode_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
 
 
 def _record(row) -> Record:

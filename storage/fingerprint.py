@@ -75,6 +75,9 @@ class StoreFingerprint:
     manifest_hash: str
     schema_version: int
     dataset_options: dict | None = None  # adapter options (VisA's split, ...); in the key only when given
+    # the backbone forward's precision (generalad.devices); fp32 is left out of the key, so every store
+    # extracted before precisions existed (all fp32) keeps its key
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # dataset and category become folder names under the store root: they must not escape it
@@ -86,6 +89,8 @@ class StoreFingerprint:
         out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
         if not out["dataset_options"]:
             del out["dataset_options"]  # stores extracted without options keep the key they always had
+        if out["precision"] == "fp32":
+            del out["precision"]
         return out
 
     @property
@@ -95,10 +100,12 @@ class StoreFingerprint:
 
     @property
     def dirname(self) -> str:
-        """Human-readable relative location: `<dataset>[-<category>]/<backbone>-<size>-<dtype>-<hash12>.zarr`."""
+        """Human-readable relative location: `<dataset>[-<category>]/<backbone>-<size>-<dtype>[-<precision>]-<hash12>.zarr`
+        (the precision only when it is not fp32)."""
         group = self.dataset if self.category is None else f"{self.dataset}-{self.category}"
         arch = self.backbone.split(".", 1)[0]
-        return f"{group}/{arch}-{self.image_size}-{self.dtype}-{self.key[:12]}.zarr"
+        precision = "" if self.precision == "fp32" else f"-{self.precision}"
+        return f"{group}/{arch}-{self.image_size}-{self.dtype}{precision}-{self.key[:12]}.zarr"
 
 
 def fingerprint_for(
@@ -110,6 +117,7 @@ def fingerprint_for(
     manifest: pd.DataFrame,
     root: Path | None = None,
     options: dict | None = None,
+    precision: str = "fp32",
 ) -> StoreFingerprint:
     return StoreFingerprint(
         dataset=dataset,
@@ -127,4 +135,5 @@ def fingerprint_for(
         manifest_hash=manifest_hash(manifest, root),
         schema_version=SCHEMA_VERSION,
         dataset_options=canonical_options(options) or None,
+        precision=precision,
     )

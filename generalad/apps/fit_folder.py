@@ -39,6 +39,7 @@ from generalad.apps.staging import staged_dir
 from generalad.apps.visualize import map_range, sample_grid
 from generalad.data.base import OneClassSplit, Record
 from generalad.data.folder import NORMAL_CLASS, FolderDataset
+from generalad.devices import DEFAULT_PRECISION, resolve_device
 from generalad.errors import ConfigError, DatasetError
 from generalad.method.experiment import RunResult, run_one_class
 from generalad.method.feature_source import FeatureSource
@@ -141,12 +142,15 @@ def fit_one_class(
     masks: np.ndarray | None = None,
     image_size: int | None = None,
     progress: bool = True,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str = DEFAULT_PRECISION,
 ) -> RunResult:
     """Train on the split's normal rows; evaluate when ``can_evaluate(split)``, else only score its test rows.
+    ``device`` and ``precision`` as in `generalad.devices`.
 
     The train-only result has no metric rows and no evaluations; its ``scores`` hold the test rows (if any).
     """
+    device = resolve_device(device)
     if can_evaluate(split):
         return run_one_class(
             source,
@@ -157,13 +161,15 @@ def fit_one_class(
             image_size=image_size,
             progress=progress,
             device=device,
+            precision=precision,
         )
     trained = train_discriminator(
-        source, split.train_rows, preset, seed=seed, device=device, progress=progress
+        source, split.train_rows, preset, seed=seed, device=device, progress=progress, precision=precision
     )
     test_rows = np.asarray(split.test_rows, dtype=np.int64)
+    logits = patch_logits(trained.model, source, test_rows, precision=precision) if len(test_rows) else None
     scores = (
-        image_scores(patch_logits(trained.model, source, test_rows), preset.top_k).double().numpy()
+        image_scores(logits, preset.top_k).double().numpy()
         if len(test_rows)
         else np.empty(0, dtype=np.float64)
     )
@@ -186,6 +192,8 @@ def fit_one_class(
         evaluations={},
         history=trained.history,
         train_seconds=trained.seconds,
+        device=str(device),
+        precision=precision,
     )
 
 

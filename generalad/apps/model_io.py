@@ -122,7 +122,8 @@ def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[Discrimin
 
 
 def run_config(result: RunResult, feature_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What ``model.json`` records for a run: preset, seed, shots, epochs, batch size, class, feature info."""
+    """What ``model.json`` records for a run: preset, seed, shots, epochs, batch size, class, feature info, and
+    the device and precision it trained on."""
     return {
         "preset": result.preset.to_dict(),
         "seed": result.seed,
@@ -131,6 +132,8 @@ def run_config(result: RunResult, feature_info: Mapping[str, Any] | None = None)
         "batch_size": result.batch_size,
         "normal_class": result.normal_class,
         "n_train": len(result.train_rows),
+        "device": result.device,
+        "precision": result.precision,
         "features": dict(feature_info or {}),
     }
 

@@ -56,6 +56,7 @@ from generalad.data.images import is_image_file, open_image
 from generalad.data.layout import is_ignored
 from generalad.data.preprocess import PREPROCESSING_SPEC, preprocess_image
 from generalad.defaults import WeightsSource
+from generalad.devices import DEFAULT_PRECISION, autocast, check_precision, pin_if_cuda, resolve_device
 from generalad.errors import ConfigError, DatasetError, ImageError
 from generalad.method.discriminator import Discriminator
 from generalad.method.scoring import anomaly_maps, image_scores
@@ -168,7 +169,8 @@ class Predictor:
         top_k: image score = mean of the top-K patch logits (None = all patches).
         feature_dtype: the dtype the training features were stored in; fresh features are rounded to it.
         model_dir: where the model came from.
-        device: torch device of both networks.
+        device: torch device of both networks (resolved: ``cpu``, ``cuda:0``, ...).
+        precision: the forward passes' precision (`generalad.devices`).
     """
 
     model: Discriminator
@@ -178,6 +180,7 @@ class Predictor:
     feature_dtype: str
     model_dir: Path
     device: str = "cpu"
+    precision: str = DEFAULT_PRECISION
 
     @property
     def image_size(self) -> int:
@@ -191,9 +194,12 @@ class Predictor:
         """Patch logits (n, N) float32 on the CPU for decoded images (any size; squashed to S x S)."""
         if not images:
             return torch.empty(0, self.num_patches)
-        pixels = torch.stack([preprocess_image(image, self.image_size) for image in images]).to(self.device)
-        with torch.inference_mode():
-            tokens, _ = self.backbone(pixels)
+        device = torch.device(self.device)
+        pixels = pin_if_cuda(
+            torch.stack([preprocess_image(image, self.image_size) for image in images]), device
+        )
+        with torch.inference_mode(), autocast(device, self.precision):
+            tokens, _ = self.backbone(pixels.to(device, non_blocking=True))
             tokens = tokens.to(getattr(torch, self.feature_dtype)).float()
             return self.model(tokens).float().cpu()
 
@@ -210,7 +216,8 @@ def load_predictor(
     model_dir: str | os.PathLike[str],
     *,
     weights: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str = DEFAULT_PRECISION,
 ) -> Predictor:
     """Load a saved model and rebuild the backbone its features came from (see the module docstring).
 
@@ -220,6 +227,9 @@ def load_predictor(
         WeightsError: pretrained weights are unreachable.
     """
     model_dir = Path(model_dir)
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
+    device = str(torch_device)
     model, config = load_model(model_dir, device=device)
     features = dict(config.get("features") or {})
     spec = backbone_spec_for_model(features, weights=weights, model_dir=str(model_dir))
@@ -264,6 +274,7 @@ def load_predictor(
         feature_dtype=dtype,
         model_dir=model_dir,
         device=device,
+        precision=precision,
     )
 
 

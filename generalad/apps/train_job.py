@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from generalad.apps.model_io import load_model
+from generalad.devices import DEFAULT_PRECISION, resolve_device
 from generalad.method.evaluation import Evaluation, evaluate
 from generalad.method.experiment import RunResult, metric_rows, run_one_class
 from generalad.method.presets import Preset, preset_for
@@ -44,6 +45,7 @@ def feature_info(store: FeatureStore) -> dict[str, Any]:
         "weights": fp["weights"],
         "layers": fp["layers"],
         "feature_dtype": fp["dtype"],
+        "feature_precision": fp.get("precision", DEFAULT_PRECISION),
         "image_size": store.image_size,
         "num_patches": store.num_patches,
         "embed_dim": store.embed_dim,
@@ -64,9 +66,11 @@ def train_from_store(
     eval_every_epoch: bool = False,
     select_on_pixel: bool = False,
     progress: bool = True,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str = DEFAULT_PRECISION,
 ) -> RunResult:
-    """Train and evaluate one discriminator on `store` with `normal_class` as the normal class.
+    """Train and evaluate one discriminator on `store` with `normal_class` as the normal class, on
+    `device` (auto, cpu, cuda, cuda:N) in `precision` (fp32, tf32, bf16, fp16).
 
     `select_on_pixel` (stores with masks, with `eval_every_epoch`): also report `best_on_test_pixel`."""
     split = store.split(normal_class)
@@ -82,6 +86,7 @@ def train_from_store(
         image_size=store.image_size,
         progress=progress,
         device=device,
+        precision=precision,
     )
 
 
@@ -93,7 +98,7 @@ class SavedModelEvaluation:
 
 
 def evaluate_from_store(
-    store: FeatureStore, model_dir: str | Path, *, device: str = "cpu"
+    store: FeatureStore, model_dir: str | Path, *, device: str = "auto", precision: str = DEFAULT_PRECISION
 ) -> SavedModelEvaluation:
     """Score `store`'s test split for the model's normal class with a saved model.
 
@@ -101,7 +106,7 @@ def evaluate_from_store(
     """
     from generalad.errors import StoreError
 
-    model, config = load_model(model_dir, device=device)
+    model, config = load_model(model_dir, device=str(resolve_device(device)))
     trained_on = config.get("features", {})
     mine = feature_info(store)
     for key in ("embed_dim", "num_patches", "backbone", "layers"):
@@ -119,6 +124,7 @@ def evaluate_from_store(
         top_k=preset.top_k,
         masks=_test_masks(store, split.test_rows),
         image_size=store.image_size,
+        precision=precision,
     )
     rows = metric_rows(evaluation, selection="last", epoch=int(config.get("epochs", preset.epochs)))
     return SavedModelEvaluation(evaluation, config, rows)

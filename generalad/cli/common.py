@@ -6,7 +6,36 @@ import argparse
 
 from generalad.defaults import DEFAULT_BACKBONE
 
-__all__ = ["add_backbone_options", "image_size_of", "print_metrics", "refuse_existing"]
+__all__ = [
+    "add_backbone_options",
+    "image_size_of",
+    "add_device_option",
+    "add_precision_option",
+    "print_metrics",
+    "refuse_existing",
+]
+
+
+def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from generalad.devices import DEVICE_HELP
+
+    parser.add_argument("--device", default="auto", help=f"torch device: {DEVICE_HELP}")
+
+
+def add_precision_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str = "--precision",
+    what: str = "forward",
+) -> None:
+    from generalad.devices import DEFAULT_PRECISION, PRECISIONS
+
+    parser.add_argument(
+        flag,
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help=f"{what} precision: fp32 (default, the paper's), tf32 (CUDA), bf16 autocast, fp16 autocast + loss "
+        "scaling (CUDA)",
+    )
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +67,8 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype"
     )
     group.add_argument("--batch-size", type=int, default=8, help="backbone batch size")
-    group.add_argument("--device", default="cpu", help="torch device for the backbone (cpu, cuda, ...)")
+    add_device_option(group)
+    add_precision_option(group, what="backbone (part of the store key unless fp32)")
 
 
 def image_size_of(args: argparse.Namespace) -> int:

@@ -86,6 +86,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     if result.reused:

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from generalad.cli.common import add_backbone_options, image_size_of
+from generalad.cli.common import add_backbone_options, add_device_option, add_precision_option, image_size_of
 
 __all__ = ["add_parsers", "COMMANDS", "default_fit_store"]
 
@@ -77,6 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--backbone-seed", type=int, default=0, help="seed of the random init (--weights random)"
     )
+    add_precision_option(fit, "--train-precision", what="training and scoring")
     fit.add_argument("--grid-size", type=int, default=16, help="test images shown in report/grid.png")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     fit.add_argument("--no-progress", action="store_true")
@@ -130,7 +131,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="record undecodable files in scores.csv (error column) instead of stopping",
     )
     predict.add_argument("--batch-size", type=int, default=8, help="backbone batch size")
-    predict.add_argument("--device", default="cpu")
+    add_device_option(predict)
+    add_precision_option(predict, what="backbone and discriminator")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     predict.add_argument("--no-progress", action="store_true")
 
@@ -205,6 +207,7 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     if extraction.reused:
@@ -238,6 +241,7 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
         image_size=store.image_size,
         progress=not args.no_progress,
         device=args.device,
+        precision=args.train_precision,
     )
     fit_seconds = time.perf_counter() - started
     info = feature_info(store) | {
@@ -293,7 +297,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     refuse_existing(args.out, args.overwrite)
     inputs, skipped = collect_images(args.images)
     normal = collect_images([args.normal])[0] if args.normal else None
-    predictor = load_predictor(args.model, weights=args.weights, device=args.device)
+    predictor = load_predictor(args.model, weights=args.weights, device=args.device, precision=args.precision)
     threshold = Threshold(args.threshold, "given") if args.threshold is not None else None
     result = predict_to_folder(
         predictor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from generalad.cli.common import add_device_option, add_precision_option
 from generalad.defaults import SELECTIONS
 from generalad.errors import GeneralADError
 
@@ -37,6 +38,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     reproduce.add_argument(
         "--no-epoch-eval", action="store_true", help="evaluate only at the end (`last` only)"
     )
+    add_device_option(reproduce)
+    add_precision_option(reproduce, what="training and scoring")
+    add_precision_option(
+        reproduce, "--extract-precision", what="backbone (part of the store key unless fp32)"
+    )
+    reproduce.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the suite would do and an estimated wall time on this device (a short calibration); "
+        "extract and train nothing, no Prefect server",
+    )
 
     report = sub.add_parser("report", help="render the paper-style table from a report store")
     report.add_argument(
@@ -55,12 +67,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from flows.plan_build import plan_suite
+    from flows.plan_report import render_plan
+    from storage.extraction import default_store_root
+
+    plan = plan_suite(
+        args.suite,
+        config=args.config,
+        store=args.store or default_store_root(),
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        extract_precision=args.extract_precision,
+        eval_every_epoch=not args.no_epoch_eval,
+    )
+    print(render_plan(plan))
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from flows.runtime import ensure_prefect_api
     from generalad.defaults import default_reports_root, default_store_root
 
     args.reports = args.reports or default_reports_root()
 
+    if args.plan:
+        return _cmd_plan(args)
     with ensure_prefect_api() as api_url:
         # imported only now: Prefect reads PREFECT_API_URL when it is first imported
         from flows.reproduce import SuiteFailed, reproduce_all
@@ -77,6 +110,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 n_workers=args.workers,
                 eval_every_epoch=not args.no_epoch_eval,
                 run_id=args.run_id,
+                device=args.device,
+                precision=args.precision,
+                extract_precision=args.extract_precision,
             )
         except SuiteFailed as exc:
             if exc.summary.get("table"):

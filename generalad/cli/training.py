@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from generalad.cli.common import print_metrics, refuse_existing
+from generalad.cli.common import add_device_option, add_precision_option, print_metrics, refuse_existing
 
 __all__ = ["add_parsers", "COMMANDS"]
 
@@ -26,7 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score the test set after every epoch and also report the best epoch (`best_on_test`)",
     )
-    train.add_argument("--device", default="cpu")
+    add_device_option(train)
+    add_precision_option(train, what="training and scoring")
     train.add_argument("--out", required=True, help="output folder (model, metrics.json, scores.parquet)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     train.add_argument("--no-progress", action="store_true")
@@ -35,7 +36,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--store", required=True)
     evaluate.add_argument("--model", required=True, help="a folder written by `generalad train`")
     evaluate.add_argument("--out", required=True, help="output folder (metrics.json, scores.parquet)")
-    evaluate.add_argument("--device", default="cpu")
+    add_device_option(evaluate)
+    add_precision_option(evaluate, what="scoring")
     evaluate.add_argument("--overwrite", action="store_true")
 
 
@@ -56,6 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_every_epoch=args.eval_every_epoch,
         progress=not args.no_progress,
         device=args.device,
+        precision=args.precision,
     )
     info = feature_info(store)
     out = write_run_outputs(
@@ -68,7 +71,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"trained {store.dataset} class {args.normal_class!r}: {len(result.train_rows)} images, "
-        f"{result.epochs} epochs, {result.train_seconds:.1f} s; backbone {info['backbone']} ({info['weights']})",
+        f"{result.epochs} epochs, {result.train_seconds:.1f} s on {result.device} ({result.precision}); "
+        f"backbone {info['backbone']} ({info['weights']})",
         file=sys.stderr,
     )
     print_metrics(result.metrics)
@@ -83,7 +87,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     store = FeatureStore.open(args.store)
     refuse_existing(args.out, args.overwrite)
-    saved = evaluate_from_store(store, args.model, device=args.device)
+    saved = evaluate_from_store(store, args.model, device=args.device, precision=args.precision)
     out = write_evaluation_outputs(
         saved.evaluation,
         saved.metrics,

@@ -4,6 +4,10 @@
 evaluation needs, so a caller that evaluates every epoch can keep the logits of the best epoch and compute the
 costly pixel metrics only for the epochs it reports. Pixel maps are built in batches and kept as float32
 (n_test x S x S x 4 bytes: about 107 MB for 100 images at 518).
+
+An evaluation every epoch would read the same test features from the store every epoch; ``hold_features``
+reads them once and keeps them on the training device (or in RAM when the device has no room), and returns None
+when they fit neither budget (`generalad.devices.memory_budget`), in which case the caller streams them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from generalad.devices import DEFAULT_PRECISION, autocast, memory_budget, pin_if_cuda
 from generalad.errors import ConfigError, TrainingError
 from generalad.method.feature_source import FeatureSource
 from generalad.method.metrics import aupro, average_precision, f1_max, image_auroc, pixel_auroc
@@ -23,9 +28,11 @@ from generalad.method.split import OneClassSplit
 
 __all__ = [
     "Evaluation",
+    "HeldFeatures",
     "evaluate",
     "evaluate_logits",
     "pixel_auroc_of_logits",
+    "hold_features",
     "IMAGE_METRICS",
     "PIXEL_METRICS",
 ]
@@ -62,6 +69,67 @@ class Evaluation:
                 "label": self.labels.astype(np.int8),
             }
         )
+
+
+class HeldFeatures:
+    """Test tokens read once, resident on the scoring device or in (pinned) RAM, scored as often as needed."""
+
+    def __init__(self, tokens: torch.Tensor, device: torch.device, *, batch_size: int = 64) -> None:
+        self.tokens = tokens
+        self.device = device
+        self.batch_size = batch_size
+
+    @property
+    def nbytes(self) -> int:
+        return self.tokens.numel() * self.tokens.element_size()
+
+    def logits(self, model: nn.Module, *, precision: str = DEFAULT_PRECISION) -> torch.Tensor:
+        """What ``patch_logits(model, source, rows)`` returns (same batches, so the same values)."""
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            with torch.inference_mode(), autocast(self.device, precision):
+                for start in range(0, len(self.tokens), self.batch_size):
+                    chunk = self.tokens[start : start + self.batch_size]
+                    out.append(model(chunk.to(self.device, non_blocking=True)).float().cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.tokens.shape[1])
+
+
+def hold_features(
+    source: FeatureSource,
+    rows: np.ndarray,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    budget_bytes: int | None = None,
+) -> HeldFeatures | None:
+    """The tokens of ``rows`` read once: on ``device`` when they fit its budget, else in host RAM when they fit
+    that, else None (stream them each time). ``budget_bytes`` overrides both budgets (tests)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    need = len(rows) * source.num_patches * source.embed_dim * 4  # float32
+    on_device = need <= (memory_budget(device) if budget_bytes is None else budget_bytes)
+    host = torch.device("cpu")
+    if not on_device and (
+        device.type == "cpu" or need > (memory_budget(host) if budget_bytes is None else 0)
+    ):
+        return None
+    place = device if on_device else host
+    tokens = torch.empty((len(rows), source.num_patches, source.embed_dim), dtype=torch.float32, device=place)
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    start = 0
+    batch_iter = source.iter_batches(batches)
+    try:
+        for batch, _ in batch_iter:
+            tokens[start : start + len(batch)] = batch.to(place, non_blocking=True)
+            start += len(batch)
+    finally:
+        close = getattr(batch_iter, "close", None)
+        if close is not None:
+            close()
+    return HeldFeatures(tokens if on_device else pin_if_cuda(tokens, device), device, batch_size=batch_size)
 
 
 def _check_masks(masks: np.ndarray, n_test: int, image_size: int | None) -> int:
@@ -141,6 +209,7 @@ def evaluate(
     masks: np.ndarray | None = None,
     image_size: int | None = None,
     batch_size: int = 64,
+    precision: str = DEFAULT_PRECISION,
 ) -> Evaluation:
     """Score the split's test rows with ``model`` (eval mode) and compute the metrics.
 
@@ -152,6 +221,7 @@ def evaluate(
         masks: optional ground truth (n_test, S, S) uint8 aligned with ``split.test_rows``.
         image_size: S for the pixel metrics (defaults to the masks' size).
         batch_size: test images per forward.
+        precision: the forward's precision (`generalad.devices`).
 
     Raises:
         TrainingError: the test split is empty or lacks normal or anomalous images ("AUROC undefined").
@@ -162,5 +232,5 @@ def evaluate(
         raise TrainingError(
             f"class {split.normal_class!r}: the test split has no {kind} images (AUROC undefined)"
         )
-    logits = patch_logits(model, source, split.test_rows, batch_size=batch_size)
+    logits = patch_logits(model, source, split.test_rows, batch_size=batch_size, precision=precision)
     return evaluate_logits(logits, split, top_k=top_k, masks=masks, image_size=image_size)

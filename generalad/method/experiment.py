@@ -7,7 +7,8 @@ same training run. With ``select_on_pixel=True`` (and masks) the pixel AUROC is 
 ``best_on_test_pixel`` is the epoch with the highest pixel AUROC (earliest on ties): the selection behind the
 paper's Table 2 pixel numbers (the reference's ``val_monitor=pixel_auroc``, docs/method.md section 7). Without
 ``eval_every_epoch`` only ``last`` is produced: choosing an epoch on the test set needs the per-epoch scores. Per-epoch evaluation keeps only logits; pixel metrics are computed once per
-reported selection. Evaluating every epoch does not change training (the RNG state is preserved).
+reported selection. Evaluating every epoch does not change training (the RNG state is preserved). The test
+features are read once and held on the device (or in RAM) for all epochs, streamed when they fit neither.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from generalad.devices import DEFAULT_PRECISION, resolve_device
 from generalad.errors import ConfigError, TrainingError
 from generalad.method.discriminator import Discriminator
-from generalad.method.evaluation import Evaluation, evaluate_logits, pixel_auroc_of_logits
+from generalad.method.evaluation import Evaluation, evaluate_logits, hold_features, pixel_auroc_of_logits
 from generalad.method.feature_source import FeatureSource
 from generalad.method.presets import Preset
 from generalad.method.scoring import patch_logits
@@ -55,6 +57,8 @@ class RunResult:
         history: the training history (loss per epoch, lr, ...).
         train_seconds: training time, per-epoch evaluation excluded.
         eval_seconds: evaluation time, per-epoch evaluation included.
+        device: the device that trained and scored (``cpu``, ``cuda:0``, ...).
+        precision: the training and scoring precision (fp32, tf32, bf16, fp16).
     """
 
     model: Discriminator
@@ -71,6 +75,8 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = DEFAULT_PRECISION
 
     @property
     def epochs(self) -> int:
@@ -128,6 +134,7 @@ def run_one_class(
     image_size: int | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    precision: str = DEFAULT_PRECISION,
 ) -> RunResult:
     """Train on ``split.train_rows`` (or a ``shots``-image sample of them), evaluate on ``split.test_rows``.
 
@@ -144,7 +151,8 @@ def run_one_class(
         masks: ground truth (n_test, S, S) aligned with ``split.test_rows``: adds pixel_auroc and aupro.
         image_size: S for the pixel metrics (defaults to the masks' size).
         progress: show a progress bar while training.
-        device: training and scoring device.
+        device: training and scoring device (`generalad.devices.resolve_device`).
+        precision: training and scoring precision: fp32 (default), tf32, bf16, fp16 (CUDA).
 
     Raises:
         TrainingError: the test split lacks normal or anomalous images (checked before training), or training
@@ -153,6 +161,7 @@ def run_one_class(
     _check_test_labels(split)
     if select_on_pixel and (masks is None or not eval_every_epoch):
         raise ConfigError("select_on_pixel needs ground-truth masks and eval_every_epoch=True")
+    device = resolve_device(device)
     if epochs is not None:
         preset = preset.with_overrides(epochs=epochs)
     train_rows = np.asarray(split.train_rows, dtype=np.int64)
@@ -170,11 +179,19 @@ def run_one_class(
         "pixel_logits": None,
     }
     eval_seconds = 0.0
+    hold_start = time.perf_counter()
+    held = hold_features(source, split.test_rows, device) if eval_every_epoch else None
+    hold_seconds = time.perf_counter() - hold_start  # before training: not part of trained.seconds
+
+    def test_logits(model: Discriminator) -> torch.Tensor:
+        if held is not None:
+            return held.logits(model, precision=precision)
+        return patch_logits(model, source, split.test_rows, precision=precision)
 
     def on_epoch_end(epoch: int, model: Discriminator) -> None:
         nonlocal eval_seconds
         start = time.perf_counter()
-        logits = patch_logits(model, source, split.test_rows)
+        logits = test_logits(model)
         image_eval = evaluate_logits(logits, split, top_k=preset.top_k)
         epoch_metrics.append({"epoch": epoch, **image_eval.metrics})
         if image_eval.metrics["image_auroc"] > tracked["best_auroc"]:
@@ -195,13 +212,14 @@ def run_one_class(
         device=device,
         on_epoch_end=on_epoch_end if eval_every_epoch else None,
         progress=progress,
+        precision=precision,
     )
 
     epoch_eval_seconds = eval_seconds
     start = time.perf_counter()
     last_logits = tracked["last_logits"]
     if last_logits is None:
-        last_logits = patch_logits(trained.model, source, split.test_rows)
+        last_logits = test_logits(trained.model)
     evaluations = {
         "last": evaluate_logits(last_logits, split, top_k=preset.top_k, masks=masks, image_size=image_size)
     }
@@ -219,7 +237,7 @@ def run_one_class(
             )
         evaluations[selection] = best
         rows += metric_rows(best, selection=selection, epoch=best_epoch)
-    eval_seconds += time.perf_counter() - start
+    eval_seconds += time.perf_counter() - start + hold_seconds
 
     return RunResult(
         model=trained.model,
@@ -236,4 +254,6 @@ def run_one_class(
         history=trained.history,
         train_seconds=trained.seconds - epoch_eval_seconds,
         eval_seconds=eval_seconds,
+        device=str(device),
+        precision=precision,
     )

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generalad.devices import DEFAULT_PRECISION, autocast
 from generalad.errors import ConfigError
 from generalad.method.feature_source import FeatureSource
 
@@ -41,11 +42,17 @@ REFERENCE_RADIUS = 18
 
 
 def patch_logits(
-    model: nn.Module, source: FeatureSource, rows: Sequence[int] | np.ndarray, *, batch_size: int = 64
+    model: nn.Module,
+    source: FeatureSource,
+    rows: Sequence[int] | np.ndarray,
+    *,
+    batch_size: int = 64,
+    precision: str = DEFAULT_PRECISION,
 ) -> torch.Tensor:
     """Logits (n, N) float32 on the CPU for the given rows, in order; eval mode, no autograd.
 
-    The model's train/eval mode is restored afterwards. Features go to the model's device batch by batch.
+    The model's train/eval mode is restored afterwards. Features go to the model's device batch by batch, and
+    the forward runs in ``precision`` (`generalad.devices`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -56,7 +63,7 @@ def patch_logits(
     model.eval()
     out: list[torch.Tensor] = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, precision):
             batch_iter = source.iter_batches(batches)
             try:
                 for tokens, _ in batch_iter:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from generalad.devices import DEFAULT_PRECISION, autocast, grad_scaler, make_generator, resolve_device
 from generalad.errors import ConfigError, TrainingError
 from generalad.method.discriminator import Discriminator
 from generalad.method.distortions import DEFAULT_SIGMA, ViewName, distortion_loss, make_views
@@ -156,6 +157,8 @@ def training_step(
     sigma: float = DEFAULT_SIGMA,
     exclude_fixed_points: bool = False,
     batched: bool = True,
+    precision: str = DEFAULT_PRECISION,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on one batch: build the views, forward, loss, backward, AdamW.
 
@@ -169,6 +172,8 @@ def training_step(
         sigma: noise standard deviation.
         exclude_fixed_points: see `generalad.method.distortions`.
         batched: one forward over all views concatenated (default) or one forward per view.
+        precision: the forward's precision (`generalad.devices`); the views and the loss stay float32.
+        scaler: fp16's loss scaler (`generalad.devices.grad_scaler`), None for the other precisions.
 
     Returns:
         The total loss and the per-view losses (detached scalars, still on the device).
@@ -176,14 +181,20 @@ def training_step(
     built = make_views(
         views, tokens, cls_attn, generator=generator, sigma=sigma, exclude_fixed_points=exclude_fixed_points
     )
-    if batched:
-        logits = model(torch.cat([v.features for v in built])).split(tokens.shape[0])
-    else:
-        logits = [model(v.features) for v in built]
-    loss, parts = distortion_loss(logits, built)
+    with autocast(tokens.device, precision):
+        if batched:
+            logits = model(torch.cat([v.features for v in built])).split(tokens.shape[0])
+        else:
+            logits = [model(v.features) for v in built]
+    loss, parts = distortion_loss([x.float() for x in logits], built)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach(), {name: value.detach() for name, value in parts.items()}
 
 
@@ -231,6 +242,7 @@ def train_discriminator(
     device: str | torch.device = "cpu",
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    precision: str = DEFAULT_PRECISION,
 ) -> TrainResult:
     """Train one discriminator on the normal rows of a feature source.
 
@@ -240,10 +252,11 @@ def train_discriminator(
         preset: views, sigma, optimiser, schedule, batch and architecture settings.
         seed: fixes initialisation, dropout, distortions and batch order.
         epochs: overrides ``preset.epochs`` (e.g. for a quick run).
-        device: where the discriminator trains ("cpu", "cuda", ...).
+        device: where the discriminator trains ("auto", "cpu", "cuda", "cuda:1", ...; `generalad.devices`).
         on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch (1-based), e.g. to evaluate;
             the model is put back in train mode afterwards and the RNG state is restored.
         progress: show a tqdm bar over epochs.
+        precision: fp32 (default), tf32, bf16 or fp16 (CUDA, with loss scaling) for the forward passes.
 
     Returns:
         The trained model (eval mode) and the per-epoch history.
@@ -255,7 +268,8 @@ def train_discriminator(
     epochs = preset.epochs if epochs is None else epochs
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
-    device = torch.device(device)
+    device = resolve_device(device)
+    scaler = grad_scaler(device, precision)
     rows = _check_rows(source, train_rows)
     batch_size = effective_batch_size(len(rows), preset.batch_size)
     model_seed, view_seed, order_seed = np.random.SeedSequence(seed).generate_state(3, dtype=np.uint64)
@@ -265,7 +279,7 @@ def train_discriminator(
         torch.manual_seed(int(model_seed))
         model = build_discriminator(source.num_patches, source.embed_dim, preset).to(device)
         optimizer, scheduler = make_optimizer(model, preset, epochs)
-        generator = torch.Generator(device=device).manual_seed(int(view_seed))
+        generator = make_generator(device, int(view_seed))
         order_rng = np.random.default_rng(int(order_seed))
         bar = tqdm(range(1, epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
@@ -288,6 +302,8 @@ def train_discriminator(
                         generator=generator,
                         sigma=preset.sigma,
                         exclude_fixed_points=preset.exclude_fixed_points,
+                        precision=precision,
+                        scaler=scaler,
                     )
                     value = loss.item()
                     if not math.isfinite(value):
