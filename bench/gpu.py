@@ -17,6 +17,11 @@ tokens; speed does not depend on the values):
    score + 518 x 518 blurred anomaly maps, batch 16 and batch 1, against the paper's 154 / 52 / 17 images/s
    (S / B / L) on one A100-40GB (`generalad.apps.paper.INFERENCE_IMAGES_PER_SECOND`). Another GPU: compare with care.
 
+5. **The flow path** (`bench/gpu_flow.py`): `reproduce-all` on quickstart with ``--device cuda`` against
+   ``--device cpu`` (image AUROC within 0.005 in fp32, and both wall times), decode+resize images/s against the
+   forward's, training steps/s (= the training images/s above / batch), and the `table1` ViT-L `--plan`
+   estimate from a calibration on this GPU.
+
 Without a CUDA device it prints why and exits 0 (the summary row says "skipped").
 
 Usage::
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import time
 
+import gpu_flow
 from common import base_parser, check, finish, loadavg, print_table, scratch_dir
 
 NAME = "gpu"
@@ -252,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     inference = {s: bench_inference(s, batches=(args.batch, 1), repeats=repeats) for s in sizes}
     with scratch_dir("gpu") as tmp:
         extract_path = bench_extract_path(tmp, repeats=repeats)
+        flow_path = gpu_flow.run(tmp, DEVICE, quick=args.quick, decode_only=DEVICE != "cuda")
 
     print(
         f"\nGPU: {device_name}, {SIZE} px, batch {args.batch}, random weights (LayerScale 1.0); load {load_start}"
@@ -337,8 +344,15 @@ def main(argv: list[str] | None = None) -> dict:
             fmt="{:.2f}",
         )
     )
+    summary += gpu_flow.summary_rows(flow_path)
+    summary += [
+        check("16 GPU", f"ViT-{LETTER[s]} training steps/s fp32 (batch {args.batch})",
+              discs[s]["float32"]["images_per_s"] / args.batch, fmt="{:.2f}")
+        for s in sizes
+    ]  # fmt: skip
     payload = {
         "device": device_name,
+        "flow_path": flow_path,
         "config": {"image_size": SIZE, "batch": args.batch, "repeats": repeats, "sizes": sizes},
         "loadavg_start": load_start,
         "backbone": backbones,

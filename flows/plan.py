@@ -243,7 +243,8 @@ def calibrate(
     extract_precision: str,
     batch: int = _CAL_BATCH,
 ) -> Calibration:
-    """Time one backbone batch, one training step and one scoring batch at these shapes (after a warm-up each).
+    """Time one backbone batch, one training step and one scoring batch of `batch` images at these shapes, each
+    after a one-image warm-up.
 
     A random-init backbone of the same architecture stands in for the weights: same shapes, same FLOPs.
     """
@@ -259,8 +260,8 @@ def calibrate(
     where = resolve_device(device)
     sync = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
 
-    def timed(fn: Callable[[], object]) -> float:
-        fn()  # warm-up: allocation, kernel selection
+    def timed(warm: Callable[[], object], fn: Callable[[], object]) -> float:
+        warm()  # a one-image warm-up: allocation, kernel selection
         sync()
         start = time.perf_counter()
         fn()
@@ -271,7 +272,7 @@ def calibrate(
     net = net.to(where)
     pixels = torch.randn(batch, 3, image_size, image_size, device=where)
     with torch.inference_mode(), autocast(where, extract_precision):
-        forward_s = timed(lambda: net(pixels))
+        forward_s = timed(lambda: net(pixels[:1]), lambda: net(pixels))
     n, e, h = net.num_patches, net.embed_dim, net.num_heads
     preset = preset_for("quickstart").with_overrides(views=tuple(views))
     model = build_discriminator(n, e, preset).to(where).train()
@@ -279,11 +280,17 @@ def calibrate(
     feats = torch.randn(batch, n, e, device=where)
     cls = torch.rand(batch, h, n, device=where).softmax(-1)
     generator = torch.Generator(device=where).manual_seed(0)
-    step_s = timed(
-        lambda: training_step(
-            model, optimizer, feats, cls, views=views, generator=generator, precision=precision
+
+    def step(k: int):
+        return lambda: training_step(
+            model, optimizer, feats[:k], cls[:k], views=views, generator=generator, precision=precision
         )
-    )
+
+    step_s = timed(step(1), step(batch))
     source = InMemoryFeatures(feats.cpu(), cls.cpu())
-    score_s = timed(lambda: patch_logits(model, source, range(batch), batch_size=batch, precision=precision))
+
+    def score(k: int):
+        return lambda: patch_logits(model, source, range(k), batch_size=k, precision=precision)
+
+    score_s = timed(score(1), score(batch))
     return Calibration(forward_s / batch, step_s, batch, len(views), score_s / batch)

@@ -168,7 +168,7 @@ def _plan_missing(plan: SuitePlan, suite: Suite, missing: dict[str, str], eval_e
 
 
 def plan_suite(
-    suite: str,
+    suite: str | Suite,
     *,
     config: str | None = None,
     store: str | None = None,
@@ -185,7 +185,7 @@ def plan_suite(
     from generalad.backbone import resolve_weights
     from generalad.devices import check_precision, resolve_device
 
-    the_suite = get_suite(suite)
+    the_suite = suite if isinstance(suite, Suite) else get_suite(suite)
     where = resolve_device(device)
     check_precision(precision, where)
     check_precision(extract_precision, where)
