@@ -8,10 +8,11 @@ the counts; `flows.plan_report.render_plan` prints it. Nothing is extracted or t
 is needed.
 
 The model behind the estimate (README "Devices and precision"):
-- extraction: images x backbone seconds per image, stores spread over the GPU lanes (one lane on a CPU);
+- extraction: images x backbone seconds per image (timed with the flow's torch threads), stores spread over
+  the GPU lanes (one lane on a CPU);
 - training: steps x seconds per step (scaled by views and batch size) + evaluated test images x scoring
-  seconds per image, tasks spread over the lanes (a CPU plan's workers share the cores the calibration used,
-  so they add no throughput);
+  seconds per image, timed with the torch threads a Dask worker of the run gets (`flows.runtime.plan_dask`),
+  tasks spread over its workers (the CPU plan's workers, or one per GPU);
 - plus a fixed start-up (local Prefect server, Dask cluster).
 """
 
@@ -38,6 +39,7 @@ __all__ = [
 
 _STARTUP_S = 30.0  # the local Prefect server and the Dask LocalCluster coming up (measured: 20-35 s here)
 _CAL_BATCH = 4  # images per calibration batch: timings scale linearly with the batch beyond a few images
+_CPU_SMALL_SIZE = 224  # above this a CPU calibrates with one image
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,9 @@ class SuitePlan:
     device: str
     precision: str
     extract_precision: str
-    lanes: int
+    lanes: int  # extraction lanes: one per GPU used, 1 on a CPU
+    train_lanes: int = 1  # Dask workers training at once
+    train_threads: int | None = None  # torch threads of each (None: the process default)
     stores: list[StorePlan] = field(default_factory=list)
     tasks: list[TaskPlan] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -205,7 +209,7 @@ class SuitePlan:
         return train + task.evaluations * task.n_test * cal.score_s_per_image
 
     def estimate(self) -> dict[str, float]:
-        """Seconds: extraction, training (incl. evaluation), start-up and total wall time on `lanes` lanes."""
+        """Seconds: extraction (on `lanes`), training incl. evaluation (on `train_lanes`), start-up, total."""
         extract = [
             s.to_extract * self.calibration[(s.backbone, s.image_size, s.layers)].backbone_s_per_image
             for s in self.stores
@@ -215,7 +219,7 @@ class SuitePlan:
         lanes = max(1, self.lanes)
         out = {
             "extract_s": _makespan(extract, lanes),
-            "train_s": _makespan(train, lanes),
+            "train_s": _makespan(train, max(1, self.train_lanes)),
             "startup_s": _STARTUP_S,
         }
         out["total_s"] = sum(out.values())
@@ -242,9 +246,10 @@ def calibrate(
     precision: str,
     extract_precision: str,
     batch: int = _CAL_BATCH,
+    train_threads: int | None = None,
 ) -> Calibration:
     """Time one backbone batch, one training step and one scoring batch of `batch` images at these shapes, each
-    after a one-image warm-up.
+    after a one-image warm-up; the training and scoring with `train_threads` torch threads.
 
     A random-init backbone of the same architecture stands in for the weights: same shapes, same FLOPs.
     """
@@ -259,9 +264,14 @@ def calibrate(
 
     where = resolve_device(device)
     sync = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
+    # a CPU at paper shapes takes minutes per image of ViT-L: one image, no warm-up (per-image cost is flat in
+    # the batch there, and first-call overheads are noise against it)
+    big = where.type == "cpu" and image_size > _CPU_SMALL_SIZE
+    batch = 1 if big else batch
 
     def timed(warm: Callable[[], object], fn: Callable[[], object]) -> float:
-        warm()  # a one-image warm-up: allocation, kernel selection
+        if not big:
+            warm()  # a one-image warm-up: allocation, kernel selection
         sync()
         start = time.perf_counter()
         fn()
@@ -286,11 +296,16 @@ def calibrate(
             model, optimizer, feats[:k], cls[:k], views=views, generator=generator, precision=precision
         )
 
-    step_s = timed(step(1), step(batch))
     source = InMemoryFeatures(feats.cpu(), cls.cpu())
 
     def score(k: int):
         return lambda: patch_logits(model, source, range(k), batch_size=k, precision=precision)
 
-    score_s = timed(score(1), score(batch))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train_threads or threads)  # what each Dask worker of the run sets
+    try:
+        step_s = timed(step(1), step(batch))
+        score_s = timed(score(1), score(batch))
+    finally:
+        torch.set_num_threads(threads)
     return Calibration(forward_s / batch, step_s, batch, len(views), score_s / batch)

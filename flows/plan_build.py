@@ -22,7 +22,7 @@ from flows.plan import (
     calibrate,
     suite_targets,
 )
-from flows.runtime import gpu_lanes
+from flows.runtime import gpu_lanes, plan_dask
 from flows.suites import Suite, SuiteEntry, dataset_roots, get_suite, missing_datasets
 
 __all__ = ["plan_suite", "resolve_datasets", "default_data_home", "task_counts"]
@@ -199,6 +199,8 @@ def plan_suite(
     )
     _plan_available(plan, targets, store, eval_every_epoch)
     _plan_missing(plan, the_suite, missing, eval_every_epoch)
+    dask = plan_dask(max(1, len(plan.tasks)), device=device, gpu_count=gpu_count)
+    plan.train_lanes, plan.train_threads = dask.gpus or dask.n_workers, dask.torch_threads
     views: dict[tuple, tuple[str, ...]] = {}
     for entry in the_suite.entries:
         views.setdefault((entry.backbone, entry.image_size, entry.layers), _views(entry))
@@ -207,7 +209,7 @@ def plan_suite(
         if any((t.backbone, t.image_size, t.layers) == (backbone, size, layers) for t in plan.tasks):
             plan.calibration[(backbone, size, layers)] = calibrate_fn(
                 backbone, size, layers, entry_views, device=str(where), precision=precision,
-                extract_precision=extract_precision,
+                extract_precision=extract_precision, train_threads=plan.train_threads,
             )  # fmt: skip
     plan.calibration_seconds = time.perf_counter() - started
     return plan

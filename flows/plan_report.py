@@ -28,8 +28,9 @@ def render_plan(plan: SuitePlan, max_tasks: int = _MAX_TASK_LINES) -> str:
     """The plan as text: header, stores, missing datasets, failures, tasks (the first `max_tasks`), totals,
     calibration and the estimate."""
     lines = [
-        f"Plan of suite {plan.suite!r} on {plan.device} ({plan.lanes} lane{'s' if plan.lanes > 1 else ''}; "
-        f"training {plan.precision}, extraction {plan.extract_precision}). Nothing has been extracted or trained.",
+        f"Plan of suite {plan.suite!r} on {plan.device} (training {plan.precision} on {plan.train_lanes} Dask "
+        f"worker(s) x {plan.train_threads or 'default'} torch thread(s); extraction {plan.extract_precision} on "
+        f"{plan.lanes} lane(s)). Nothing has been extracted or trained.",
         "",
     ]
     totals = plan.totals

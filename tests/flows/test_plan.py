@@ -18,7 +18,11 @@ def fake_calibrate(*args, **kwargs) -> Calibration:
     return FAKE
 
 
-def test_quickstart_plan_matches_a_hand_count(data_home, tmp_path) -> None:
+def test_quickstart_plan_matches_a_hand_count(data_home, tmp_path, monkeypatch) -> None:
+    import flows.runtime
+
+    monkeypatch.setattr(flows.runtime, "_cores", lambda: 2)  # the run's LocalCluster: 2 workers x 1 thread
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     plan = plan_suite("quickstart", store=str(tmp_path / "stores"), device="cpu", calibrate_fn=fake_calibrate)
     # quickstart: brick, grass, gravel; each 24 normal training images + 6 normal and 10 defective test images
     assert [(s.category, s.images, s.state) for s in plan.stores] == [
@@ -41,8 +45,10 @@ def test_quickstart_plan_matches_a_hand_count(data_home, tmp_path) -> None:
     }
     est = plan.estimate()
     assert est["extract_s"] == pytest.approx(120 * 0.1)
-    # per task: 20 steps x 2 s x (16 / 4 images) + 20 evaluations x 16 images x 0.01 s
-    assert est["train_s"] == pytest.approx(3 * (20 * 2.0 * 4 + 20 * 16 * 0.01))
+    # per task: 20 steps x 2 s x (16 / 4 images) + 20 evaluations x 16 images x 0.01 s; three tasks on two
+    # workers: two rounds
+    assert (plan.train_lanes, plan.train_threads) == (2, 1)
+    assert est["train_s"] == pytest.approx(2 * (20 * 2.0 * 4 + 20 * 16 * 0.01))
     assert est["total_s"] == pytest.approx(est["extract_s"] + est["train_s"] + est["startup_s"])
     assert not (tmp_path / "stores").exists()  # nothing extracted
 
