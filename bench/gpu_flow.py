@@ -75,7 +75,7 @@ def bench_decode(tmp: Path, device: str, *, n: int = 32) -> dict:
             list(pool.map(lambda r: _decode(adapter, r, 518, True), records))
             rates[workers] = len(records) / (time.perf_counter() - start)
     backbone = load_backbone(BackboneSpec(weights="random", image_size=518, init_values=1.0)).to(device)
-    batch = torch.randn(8 if device == "cpu" else 32, 3, 518, 518, device=device)
+    batch = torch.randn(2 if device == "cpu" else 32, 3, 518, 518, device=device)
     with torch.inference_mode():
         backbone(batch[:1])
         if device.startswith("cuda"):

@@ -90,3 +90,36 @@ def test_every_epoch_evaluation_reads_the_test_features_once(monkeypatch) -> Non
     assert held_source.rows_read == train_reads + len(SPLIT.test_rows)
     assert streamed_source.rows_read == train_reads + PRESET.epochs * len(SPLIT.test_rows)
     assert held.metrics == streamed.metrics  # same numbers either way
+
+
+def test_a_loss_scaler_drives_backward_and_step() -> None:
+    """fp16's wiring, on the CPU: a scaler that scales by 1 must give the unscaled step's weights exactly."""
+    from generalad.method.training import make_optimizer, training_step
+
+    class UnitScaler:
+        calls: list[str] = []
+
+        def scale(self, loss):
+            self.calls.append("scale")
+            return loss * 1.0
+
+        def step(self, optimizer):
+            self.calls.append("step")
+            optimizer.step()
+
+        def update(self):
+            self.calls.append("update")
+
+    source = _source()
+    tokens, attn = next(source.iter_batches([range(4)]))
+    weights = []
+    for scaler in (None, UnitScaler()):
+        torch.manual_seed(0)
+        model = build_discriminator(4, 8, PRESET).train()
+        optimizer, _ = make_optimizer(model, PRESET, 1)
+        generator = torch.Generator().manual_seed(0)
+        training_step(model, optimizer, tokens, attn, views=PRESET.views, generator=generator, scaler=scaler)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert UnitScaler.calls == ["scale", "step", "update"]
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
