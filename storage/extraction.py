@@ -139,7 +139,7 @@ def extract_features(
 
     Returns at once, without loading the backbone, when the store is already complete. `device`: auto, cpu,
     cuda, cuda:N; `precision`: fp32, tf32, bf16, fp16 (CUDA); `decode_workers`: decode threads (default: one
-    per core up to 8).
+    per core).
     """
     started = time.perf_counter()
     torch_device = resolve_device(device)
@@ -255,7 +255,7 @@ def extract_features(
 
 def _default_decode_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores))
+    return max(1, cores)  # extraction runs alone (training waits for it): every core may decode
 
 
 def _record(row) -> Record:

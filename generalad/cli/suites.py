@@ -70,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from flows.plan_build import plan_suite
     from flows.plan_report import render_plan
-    from storage.extraction import default_store_root
+    from generalad.defaults import default_store_root
 
     plan = plan_suite(
         args.suite,
