@@ -338,3 +338,36 @@ def test_smoke_as_defined(suite_env):
     row = ok.iloc[0]
     assert (row["batch_size"], row["weight_decay"], row["mlp_dim"], row["dropout"]) == (16, 1e-5, 2048, 0.1)
     assert row["preset"] == "quickstart" and not row["exclude_fixed_points"]
+
+
+# ------------------------------------------------------------------ dataset options through a suite entry
+
+
+def test_dataset_options_reach_the_store_and_rows_through_the_flow(suite_env):
+    """A suite entry's `dataset_options` (VisA's reference 80/20 split) reach the adapter through reproduce-all:
+    its own store (another key than the official split's) and `split_protocol` in every row."""
+    from flows import reproduce
+
+    root, (category,) = suite_env["data"]["visa"]
+    entry = SuiteEntry(dataset="visa", categories=(category,), backbone="tiny_vit_base_patch14_dinov2_test",
+                       image_size=56, epochs=1, weights="random", dataset_options={"split": "listing_80_20"},
+                       label="split=listing_80_20")  # fmt: skip
+    suite = Suite("visa-listing", "VisA on the reference's 80/20 listing split", (entry,))
+    reports = str(suite_env["tmp"].mktemp("reports-visa-listing"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce, "get_suite", lambda name: suite)
+        summary = reproduce.reproduce_all(suite="visa-listing", reports=reports, store=suite_env["store"])
+    [built] = summary["extractions"]
+    from generalad.backbone import BackboneSpec
+    from generalad.data import get_dataset
+    from storage.extraction import plan_store
+
+    spec = BackboneSpec(name=entry.backbone, weights="random", image_size=56)
+    official, _ = plan_store(get_dataset("visa", root, category), spec, suite_env["store"])
+    listing, _ = plan_store(
+        get_dataset("visa", root, category, split="listing_80_20"), spec, suite_env["store"]
+    )
+    assert built["url"] == listing != official  # the option is part of the store key
+    frame = ReportStore(reports).read_metrics()
+    assert set(frame["split_protocol"]) == {"visa_listing_80_20[split=listing_80_20]"}
+    assert set(frame["variant"]) == {"split=listing_80_20"} and set(frame["status"]) == {"ok"}
