@@ -28,10 +28,21 @@ from storage import urls
 from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
 from storage.fingerprint import StoreFingerprint, fingerprint_for, protocol_label
 from storage.prefetch import prefetched
+from storage.timing import PhaseTimer
 
-__all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES"]
+__all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES", "EXTRACTION_PHASES"]
 
 FEATURE_DTYPES = ("float16", "float32")
+# what `extract_features(timings=...)` reports; "decode + resize" (file decode, resize, normalise, mask) runs in a
+# background thread while the backbone computes, so it overlaps the other phases
+EXTRACTION_PHASES = (
+    "build model",
+    "create store",
+    "decode + resize",
+    "forward + capture",
+    "write shards",
+    "verify + marker",
+)
 
 
 @dataclass(frozen=True)
@@ -118,11 +129,14 @@ def extract_features(
     shard_size: int = DEFAULT_SHARD_SIZE,
     device: str = "cpu",
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> ExtractionResult:
     """Extract `adapter`'s images with `spec` into `<store_root>/<dataset>/<...>.zarr`, resuming a partial store.
 
-    Returns at once, without loading the backbone, when the store is already complete.
+    Returns at once, without loading the backbone, when the store is already complete. `timings`, when given,
+    receives the wall seconds of each of `EXTRACTION_PHASES` (added to what it holds).
     """
+    timer = PhaseTimer(timings)
     started = time.perf_counter()
     url, fingerprint = plan_store(adapter, spec, store_root, dtype=dtype)
     manifest = adapter.manifest()
@@ -136,7 +150,8 @@ def extract_features(
             return ExtractionResult(
                 url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started
             )
-        backbone = load_backbone(spec).to(device)
+        with timer("build model"):
+            backbone = load_backbone(spec).to(device)
         layout = StoreLayout(
             num_images=len(manifest),
             num_patches=backbone.num_patches,
@@ -148,14 +163,15 @@ def extract_features(
             shard_size=shard_size,
         )
         splits = {name: adapter.one_class_split(manifest, name) for name in adapter.normal_classes()}
-        writer = StoreWriter(
-            url,
-            fingerprint,
-            layout,
-            manifest,
-            splits,
-            protocol=protocol_label(adapter.protocol, adapter.options),
-        )
+        with timer("create store"):
+            writer = StoreWriter(
+                url,
+                fingerprint,
+                layout,
+                manifest,
+                splits,
+                protocol=protocol_label(adapter.protocol, adapter.options),
+            )
         layout = writer.layout  # a partial store keeps the shard size it was created with
         done = writer.done_shards() & set(range(layout.num_shards))
         todo = [s for s in range(layout.num_shards) if s not in done]
@@ -169,6 +185,10 @@ def extract_features(
             file=sys.stderr,
         )
 
+        def decode(i: int):
+            with timer("decode + resize"):
+                return _decode(adapter, records[i], spec.image_size, adapter.has_masks)
+
         def batches() -> Iterator:
             for shard in todo:
                 start, stop = layout.shard_rows(shard)
@@ -178,10 +198,7 @@ def extract_features(
                     yield lambda lo=lo, hi=hi, shard=shard, last=last: (
                         shard,
                         last,
-                        [
-                            _decode(adapter, records[i], spec.image_size, adapter.has_masks)
-                            for i in range(lo, hi)
-                        ],
+                        [decode(i) for i in range(lo, hi)],
                     )
 
         tokens_acc: list[np.ndarray] = []
@@ -190,22 +207,27 @@ def extract_features(
         with torch.inference_mode():
             for shard, last_of_shard, decoded in prefetched(batches(), depth=2):
                 images = torch.stack([pixels for pixels, _ in decoded]).to(device)
-                tokens, attn = backbone(images)
-                tokens_acc.append(tokens.float().cpu().numpy())
-                attn_acc.append(attn.float().cpu().numpy())
+                with timer("forward + capture"):  # to the host copy: what a GPU's async forward waits for
+                    tokens, attn = backbone(images)
+                    tokens_acc.append(tokens.float().cpu().numpy())
+                    attn_acc.append(attn.float().cpu().numpy())
                 if adapter.has_masks:
                     masks_acc.append(np.stack([mask for _, mask in decoded]))
                 bar.update(len(decoded))
                 if last_of_shard:
-                    writer.write_shard(
-                        shard,
-                        np.concatenate(tokens_acc),
-                        np.concatenate(attn_acc),
-                        np.concatenate(masks_acc) if masks_acc else None,
-                    )
+                    with timer("write shards"):
+                        writer.write_shard(
+                            shard,
+                            np.concatenate(tokens_acc),
+                            np.concatenate(attn_acc),
+                            np.concatenate(masks_acc) if masks_acc else None,
+                        )
                     tokens_acc, attn_acc, masks_acc = [], [], []
         bar.close()
-        writer.mark_complete({"backbone": spec.name, "weights": fingerprint.weights, "grid": backbone.grid})
+        with timer("verify + marker"):
+            writer.mark_complete(
+                {"backbone": spec.name, "weights": fingerprint.weights, "grid": backbone.grid}
+            )
     return ExtractionResult(
         url,
         fingerprint.key,
