@@ -14,8 +14,10 @@ from storage import faultpoints
 from storage.extraction import EXTRACTION_PHASES, extract_features, plan_store
 from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
 from storage.timing import PhaseTimer
+from tests.fixtures.tiny_vits import register_tiny_vits
 
-SPEC = BackboneSpec(weights="random", image_size=28, init_values=1.0)
+register_tiny_vits()
+SPEC = BackboneSpec(name="tiny_vit_small_patch14_dinov2_test", weights="random", image_size=56)
 SHARD = 4  # the tiny adapter's 11 images: shards of 4, 4, 3
 
 
