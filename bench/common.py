@@ -1,4 +1,7 @@
-"""Shared helpers of the benchmarks in `bench/`: timing, medians, load, machine facts, result JSON, data.
+"""Shared helpers of the benchmarks in `bench/`: timing, medians, ratios, load, options, result JSON, tables.
+
+Machine facts come from `bench/machine.py` and the data the benchmarks run on from `bench/inputs.py`; both are
+re-exported here, so every benchmark imports from this module only.
 
 Every benchmark script is a module with a ``main(argv) -> dict`` that prints a table, writes
 ``bench/results/<name>.json`` and returns the same dict; ``bench/run_all.py`` calls them one after the other and
@@ -15,21 +18,26 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from inputs import ROOT, SHARED_DATA, cifar_adapter, grid_adapter, synthetic_store
+from machine import cpu_flags, cpu_model, machine, peak_rss_mb, reset_peak_rss
 
 __all__ = [
     "ROOT",
     "RESULTS_DIR",
     "SHARED_DATA",
     "loadavg",
+    "LoadSampler",
     "machine",
+    "cpu_model",
+    "cpu_flags",
     "median",
     "interleaved",
     "peak_rss_mb",
@@ -38,19 +46,19 @@ __all__ = [
     "matmul_flops_per_second",
     "check",
     "base_parser",
+    "quick_or_full",
     "finish",
+    "write_json",
     "print_table",
     "scratch_dir",
+    "offline_environment",
     "instrumented_extraction",
     "grid_adapter",
     "cifar_adapter",
     "synthetic_store",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
-# ../shared/data next to the project (absent on a fresh clone elsewhere: the benches then generate images)
-SHARED_DATA = Path(os.environ.get("GENERALAD_BENCH_DATA", ROOT.parent / "shared" / "data"))
 
 
 # ----------------------------------------------------------------------------------------------- machine
@@ -59,68 +67,33 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cpu_model() -> str:
-    """The CPU model from /proc/cpuinfo (or platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+class LoadSampler:
+    """Samples the 1-minute load average every ``period`` seconds in a daemon thread (``with LoadSampler():``)."""
 
+    def __init__(self, period: float = 2.0):
+        self.period, self.samples = period, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="load-sampler")
 
-def cpu_flags() -> list[str]:
-    """The SIMD flags that decide fp32/bf16 matmul speed (avx2, avx512*, amx*)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx", "fma")))
-    except OSError:
-        pass
-    return []
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append(os.getloadavg()[0])
 
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
 
-def machine() -> dict[str, Any]:
-    """What the numbers depend on: CPU, cores, library versions, torch threads."""
-    import torch
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    for name in ("timm", "zarr", "numpy", "distributed"):
-        module = sys.modules.get(name)
-        if module is not None:
-            info[name] = getattr(module, "__version__", None)
-    return info
+    def mark(self) -> int:
+        """A position in the samples: `stats(since=mark)` then covers what came after it."""
+        return len(self.samples)
 
-
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory (VmHWM) in MB, or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    def stats(self, since: int = 0) -> dict[str, float]:
+        part = self.samples[since:] or self.samples[-1:]
+        return {"min": min(part), "median": statistics.median(part), "max": max(part)}
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -214,24 +187,36 @@ def check(
     }
 
 
-def base_parser(doc: str | None) -> argparse.ArgumentParser:
-    """The options every benchmark takes: --quick, --threads, --out."""
+def base_parser(
+    doc: str | None,
+    *,
+    threads: bool = True,
+    quick_help: str = "small sizes (part of the ~2 minute bench-quick)",
+) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --quick, --threads (unless ``threads=False``), --out."""
     parser = argparse.ArgumentParser(
         description=(doc or "").strip().split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes (part of the ~2 minute bench-quick)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="torch threads (default: min(2, cores))",
-    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    if threads:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=min(2, os.cpu_count() or 1),
+            help="torch threads (default: min(2, cores))",
+        )
     parser.add_argument(
         "--out", type=Path, default=None, help="result JSON (default bench/results/<name>.json)"
     )
     return parser
+
+
+def quick_or_full(args: argparse.Namespace, **defaults: tuple[Any, Any]) -> argparse.Namespace:
+    """Fill each option left unset (None) with its (quick, full) default, by ``args.quick``; returns ``args``."""
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
 
 
 def finish(name: str, args: argparse.Namespace, payload: dict[str, Any], started: float) -> dict[str, Any]:
@@ -245,11 +230,16 @@ def finish(name: str, args: argparse.Namespace, payload: dict[str, Any], started
         "seconds": time.perf_counter() - started,
         **payload,
     }
-    out = args.out or RESULTS_DIR / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=_json_default))
+    out = write_json(args.out or RESULTS_DIR / f"{name}.json", result)
     print(f"[{name}] {result['seconds']:.1f} s, load {result['loadavg_end']}, wrote {_display(out)}")
     return result
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as indented JSON at ``path`` (folders created; numpy scalars and paths as plain values)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    return path
 
 
 def _json_default(value: Any) -> Any:
@@ -296,6 +286,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def offline_environment() -> None:
+    """No hub downloads, no Prefect analytics (for benchmarks that run flows or children; unless set already)."""
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
 @contextlib.contextmanager
 def scratch_dir(prefix: str) -> Iterator[Path]:
     """A temporary folder on the same disk as the system temp dir, removed afterwards."""
@@ -305,7 +305,10 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def instrumented_extraction(split: dict[str, float]) -> Iterator[None]:
-    """Time the parts of `storage.extraction.extract_features` by wrapping what it calls (restored afterwards):
+    """DEPRECATED, kept only until bench/suite_payoff.py (another owner's) passes ``timings=split`` to
+    `extract_features` itself, which gives the same "build model" and "create store" entries without patching.
+
+    Times the parts of `storage.extraction.extract_features` by wrapping what it calls (restored afterwards):
     model build, backbone forward (main thread), file decode + resize (background thread, overlaps the forward),
     shard writes, and the final verify + consolidate + COMPLETE marker. Adds seconds into ``split``."""
     import storage.extraction as extraction
@@ -345,164 +348,3 @@ def instrumented_extraction(split: dict[str, float]) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(extraction, name, value)
-
-
-# ----------------------------------------------------------------------------------------------- data
-def _limited(adapter, n_train: int | None, n_test: int | None):
-    """The same adapter class restricted to its first ``n_train`` training and ``n_test`` test records (half of
-    them normal, the rest anomalous, where the labels are known), so small runs still use the real code path."""
-    if n_train is None and n_test is None:
-        return adapter
-    base = type(adapter)
-
-    class Limited(base):  # type: ignore[misc, valid-type]
-        def records(self):
-            records = sorted(super().records(), key=lambda r: r.image_id)
-            train = [r for r in records if r.split == "train"][: n_train or None]
-            test = [r for r in records if r.split == "test"]
-            if n_test is not None:
-                normal = [r for r in test if r.label == 0]
-                other = [r for r in test if r.label != 0]
-                half = min(len(normal), max(1, n_test // 2))
-                test = normal[:half] + other[: n_test - half]
-            return train + test
-
-    Limited.__name__ = Limited.__qualname__ = base.__name__
-    return Limited(adapter.root, adapter.category, **adapter.options)
-
-
-def grid_adapter(tmp: Path, *, n_train: int | None = None, n_test: int | None = None):
-    """MVTec-AD `grid` from ../shared/data (1024x1024 greyscale PNGs with masks), or, when that is absent, a
-    generated MVTec-layout category of 1024x1024 PNGs (the `quickstart` generator); returns (adapter, source)."""
-    from generalad.data import generate_quickstart, get_dataset
-
-    root = SHARED_DATA / "mvtec_ad"
-    if (root / "grid" / "train" / "good").is_dir():
-        adapter, source = get_dataset("mvtec_ad", root, category="grid"), f"{_short(root)}/grid"
-    else:
-        generated = generate_quickstart(
-            tmp / "quickstart", n_train=25, n_test_good=3, n_test_defect=11, image_size=1024
-        )
-        adapter, source = get_dataset("quickstart", generated, category="brick"), "generated quickstart/brick"
-    return _limited(adapter, n_train, n_test), source
-
-
-def cifar_adapter(
-    tmp: Path, normal_classes: Sequence[str], *, n_train: int, n_test_per_class: int, n_other_train: int = 1
-):
-    """A CIFAR-10 folder-layout subset in ``tmp`` (symlinks to ../shared/data/cifar10, or generated 32x32 JPEGs):
-    ``n_train`` training images of each normal class, ``n_other_train`` of every other class (the adapter wants
-    all ten), ``n_test_per_class`` test images of every class. Returns (adapter, source)."""
-    import numpy as np
-    from PIL import Image
-
-    from generalad.data import get_dataset
-    from generalad.data.cifar import CIFAR10_CLASSES
-
-    real = SHARED_DATA / "cifar10"
-    root = tmp / "cifar10"
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for name in CIFAR10_CLASSES:
-            count = (
-                (n_train if name in normal_classes else n_other_train)
-                if split == "train"
-                else n_test_per_class
-            )
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            files = sorted((real / split / name).glob("*.jpg"))[:count] if real.is_dir() else []
-            for i in range(count):
-                target = folder / f"{i:04d}.jpg"
-                if i < len(files):
-                    target.symlink_to(files[i].resolve())
-                else:
-                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                        target, quality=75
-                    )
-    source = f"{_short(real)} (symlinked subset)" if real.is_dir() else "generated 32x32 JPEGs"
-    return get_dataset("cifar10", root), source
-
-
-def _short(path: Path) -> str:
-    try:
-        return os.path.relpath(path, ROOT)
-    except ValueError:
-        return str(path)
-
-
-def synthetic_store(
-    url: str,
-    *,
-    classes: Sequence[str],
-    n_train: int,
-    n_test_per_class: int,
-    grid: int,
-    embed_dim: int = 384,
-    num_heads: int = 6,
-    dtype: str = "float16",
-    shard_size: int = 32,
-    seed: int = 0,
-    on_write: Callable[[float, int], None] | None = None,
-) -> str:
-    """Write a complete feature store of random features through the real `StoreWriter`, without a backbone.
-
-    A one-vs-rest dataset: ``n_train`` training and ``n_test_per_class`` test images per class, ``grid`` x ``grid``
-    patches of width ``embed_dim``. Random values come from one pre-generated block (tiled), so generating them
-    costs little; ``on_write(seconds, nbytes)`` is called with the wall time of each ``write_shard`` call.
-    """
-    import numpy as np
-    import timm
-
-    from generalad.data.base import Record, manifest_frame
-    from generalad.data.oneclass import one_vs_rest_split
-    from storage.feature_store import StoreLayout, StoreWriter
-    from storage.fingerprint import SCHEMA_VERSION, StoreFingerprint, manifest_hash
-
-    records = []
-    for name in classes:
-        for split, count in (("train", n_train), ("test", n_test_per_class)):
-            for i in range(count):
-                rel = f"{split}/{name}/{i:05d}.npy"
-                records.append(Record(rel, rel, split, name, -1))
-    manifest = manifest_frame(records)
-    splits = {c: one_vs_rest_split(manifest, c, list(classes), what="synthetic") for c in classes}
-    num_patches = grid * grid
-    fingerprint = StoreFingerprint(
-        dataset="bench_synthetic",
-        category=None,
-        backbone="vit_small_patch14_dinov2",
-        weights=f"synthetic:{seed}",
-        image_size=grid * 14,
-        layers=(-1,),
-        final_norm=True,
-        preprocessing="synthetic",
-        attention_capture="synthetic",
-        dtype=dtype,
-        timm_version=timm.__version__,
-        manifest_hash=manifest_hash(manifest),
-        schema_version=SCHEMA_VERSION,
-    )
-    layout = StoreLayout(
-        num_images=len(manifest),
-        num_patches=num_patches,
-        embed_dim=embed_dim,
-        num_heads=num_heads,
-        image_size=grid * 14,
-        dtype=dtype,
-        has_masks=False,
-        shard_size=shard_size,
-    )
-    writer = StoreWriter(url, fingerprint, layout, manifest, splits, protocol="bench_synthetic_one_vs_rest")
-    rng = np.random.default_rng(seed)
-    block = rng.standard_normal((shard_size, num_patches, embed_dim), dtype=np.float32).astype(dtype)
-    attn = rng.random((shard_size, num_heads, num_patches), dtype=np.float32).astype(dtype)
-    for shard in range(layout.num_shards):
-        start, stop = layout.shard_rows(shard)
-        tokens = np.roll(block, shard, axis=1)[: stop - start]  # distinct bytes per shard
-        began = time.perf_counter()
-        writer.write_shard(shard, tokens, attn[: stop - start])
-        if on_write is not None:
-            on_write(time.perf_counter() - began, tokens.nbytes + attn[: stop - start].nbytes)
-    writer.mark_complete({"synthetic": True})
-    return url

@@ -27,7 +27,17 @@ import sys
 import time
 
 import cloudpickle
-from common import base_parser, check, finish, loadavg, median, print_table, scratch_dir, synthetic_store
+from common import (
+    base_parser,
+    check,
+    finish,
+    loadavg,
+    median,
+    print_table,
+    quick_or_full,
+    scratch_dir,
+    synthetic_store,
+)
 
 NAME = "dask_classes"
 # functions of this module travel to the workers by value (the workers cannot import bench/ modules)
@@ -85,7 +95,7 @@ def run_config(client, workers: list[str], url: str, classes: list[str], preset:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None):
     parser = base_parser(__doc__)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--grid", type=int, default=None, help="patch grid side (8 quick, 16 full)")
@@ -93,48 +103,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--rounds", type=int, default=None, help="passes over the worker counts (1 quick, 2 full)"
     )
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    grid = args.grid or (8 if args.quick else 16)
-    args.rounds = args.rounds or (1 if args.quick else 2)
-    cores = args.threads  # cores the benchmark may use; torch threads per task = cores // workers
-    load_start = loadavg()
+    return quick_or_full(parser.parse_args(argv), grid=(8, 16), rounds=(1, 2))
 
-    from generalad.method.presets import preset_for
 
-    classes = [f"c{i}" for i in range(args.classes)]
-    preset = preset_for("cifar10").with_overrides(epochs=2, epoch_subset=16).to_dict()
+def measure(url: str, classes: list[str], preset: dict, args) -> tuple[float, list[dict]]:
+    """One cluster of max(workers) warmed-up workers; every worker count in turn (A B, B A, ...): (start-up s,
+    runs)."""
     from distributed import Client, LocalCluster
 
-    with scratch_dir("dask") as tmp:
-        url = synthetic_store(
-            str(tmp / "store.zarr"), classes=classes, n_train=16, n_test_per_class=8, grid=grid
-        )
-        begin = time.perf_counter()
-        with (
-            LocalCluster(
-                n_workers=max(args.workers),
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            client.run(warm_worker)
-            startup = time.perf_counter() - begin
-            addresses = sorted(client.scheduler_info()["workers"])
-            order = list(args.workers) + list(reversed(args.workers)) * (args.rounds - 1)
-            runs = [run_config(client, addresses[:w], url, classes, preset, cores) for w in order]
+    begin = time.perf_counter()
+    with (
+        LocalCluster(
+            n_workers=max(args.workers),
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(warm_worker)
+        startup = time.perf_counter() - begin
+        addresses = sorted(client.scheduler_info()["workers"])
+        order = list(args.workers) + list(reversed(args.workers)) * (args.rounds - 1)
+        # cores the benchmark may use: torch threads per task = cores // workers
+        runs = [run_config(client, addresses[:w], url, classes, preset, args.threads) for w in order]
+    return startup, runs
 
-    by_workers = {w: [r for r in runs if r["workers"] == w] for w in args.workers}
-    rate = {w: median([r["classes_per_s"] for r in rs]) for w, rs in by_workers.items()}
-    first, last = args.workers[0], args.workers[-1]
-    print(
-        f"\nparallel classes on Dask, {len(classes)} classes, N={grid * grid}, E=384, semantic preset 2 epochs x "
-        f"1 step, {cores} cores; cluster start-up {startup:.1f} s (not counted); load at start {load_start}"
-    )
+
+def print_runs(runs: list[dict], rate: dict, first: int) -> None:
     print_table(
         ["workers x torch threads", "wall s", "classes/s", "median s/class", "speed-up"],
         [
@@ -148,6 +146,28 @@ def main(argv: list[str] | None = None) -> dict:
             for r in runs
         ],
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started, load_start = time.perf_counter(), loadavg()
+    from generalad.method.presets import preset_for
+
+    classes = [f"c{i}" for i in range(args.classes)]
+    preset = preset_for("cifar10").with_overrides(epochs=2, epoch_subset=16).to_dict()
+    with scratch_dir("dask") as tmp:
+        url = synthetic_store(
+            str(tmp / "store.zarr"), classes=classes, n_train=16, n_test_per_class=8, grid=args.grid
+        )
+        startup, runs = measure(url, classes, preset, args)
+    by_workers = {w: [r for r in runs if r["workers"] == w] for w in args.workers}
+    rate = {w: median([r["classes_per_s"] for r in rs]) for w, rs in by_workers.items()}
+    first, last, grid = args.workers[0], args.workers[-1], args.grid
+    print(
+        f"\nparallel classes on Dask, {len(classes)} classes, N={grid * grid}, E=384, semantic preset 2 epochs x "
+        f"1 step, {args.threads} cores; cluster start-up {startup:.1f} s (not counted); load at start {load_start}"
+    )
+    print_runs(runs, rate, first)
     summary = [
         check(
             "7 parallel classes",
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     ]
     payload = {
-        "config": {"classes": len(classes), "grid": grid, "preset": preset, "cores": cores},
+        "config": {"classes": len(classes), "grid": grid, "preset": preset, "cores": args.threads},
         "loadavg_start": load_start,
         "startup_s": startup,
         "runs": runs,

@@ -26,12 +26,13 @@ run gives; it must be 0. Usage::
 
     .venv/bin/python bench/faults.py [--trials 12] [--seed 0] [--quick]
 
-Prints a table and writes ``bench/results/faults.json``. Exit status 1 when any trial did not survive.
+The fault points are `storage.faultpoints`' named points of the write path (a hook there kills the process); the
+children are in bench/fault_trials.py and bench/fault_reports.py. Prints a table and writes
+``bench/results/faults.json``. Exit status 1 when any trial did not survive.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -39,183 +40,19 @@ import random
 import signal
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from common import base_parser, finish, loadavg, offline_environment, print_table
+from fault_reports import fault_report_kill, fault_report_writers
+from fault_trials import FAULT_POINTS, IMAGE_SIZE, SHARD_SIZE, FaultResult, extract_child, noop
 
-RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
-IMAGE_SIZE = 112
-SHARD_SIZE = 4
-BATCH_SIZE = 2
-CATEGORY = "brick"
+offline_environment()
+
+NAME = "faults"
 PRELOAD = ["numpy", "torch", "timm", "zarr", "pyarrow.parquet", "storage.extraction", "storage.reports"]
-FAULT_POINTS = ("before-arrays", "mid-shard", "mid-marker", "before-consolidate", "mid-complete")
-
-
-# --------------------------------------------------------------------------------------------- child processes
-def _spec():
-    from generalad.backbone import BackboneSpec
-
-    return BackboneSpec(weights="random", seed=0, image_size=IMAGE_SIZE)
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _noop() -> None:
-    """A process that does nothing (starts the fork server)."""
-
-
-def _wait_for(go: str | None) -> None:
-    """Start together: wait until the parent creates the file `go` (no-op when None)."""
-    deadline = time.monotonic() + 120
-    while go is not None and not os.path.exists(go):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no start signal {go}")
-        time.sleep(0.002)
-
-
-def _install_fault(point: str, shard: int) -> None:
-    """Make this process SIGKILL itself at `point` (for shard points: at shard `shard`)."""
-    import numpy as np
-    import zarr
-
-    from storage import feature_store, urls
-
-    if point == "before-arrays":
-        feature_store.StoreWriter._ensure_arrays = lambda self, group: _die()
-    elif point == "mid-shard":
-        real = feature_store.StoreWriter.write_shard
-
-        def write_shard(self, index, tokens, cls_attn, masks=None):
-            if index != shard:
-                return real(self, index, tokens, cls_attn, masks)
-            start, stop = self.layout.shard_rows(index)
-            self._group["tokens"][start:stop] = tokens.astype(np.dtype(self.layout.dtype))
-            _die()  # tokens written, cls_attn and masks not, no marker
-
-        feature_store.StoreWriter.write_shard = write_shard
-    elif point in ("mid-marker", "mid-complete"):
-        real_write = urls.write_bytes_atomic
-        target = f"{feature_store.SHARDS_DIR}/{shard:05d}.json" if point == "mid-marker" else "COMPLETE.json"
-
-        def write_bytes_atomic(url, data):
-            if not url.endswith(target):
-                return real_write(url, data)
-            tmp = Path(f"{url}.tmp-{'0' * 32}")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)  # the temporary file, fully written
-            _die()  # ...and killed before the rename
-
-        urls.write_bytes_atomic = write_bytes_atomic
-    elif point == "before-consolidate":
-        zarr.consolidate_metadata = lambda *args, **kwargs: _die()
-    else:
-        raise ValueError(f"unknown fault point {point!r}")
-
-
-def extract_child(
-    data_root: str, store_root: str, out: str, fault: str | None = None, shard: int = 0, go: str | None = None
-):
-    """One extraction (what `generalad extract` runs), its result written to `out` as JSON."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from generalad.data import get_dataset
-    from storage.extraction import extract_features
-
-    torch.set_num_threads(1)
-    # tqdm's default lock is a multiprocessing semaphore, which a SIGKILLed process leaves behind: use a thread lock
-    tqdm.set_lock(threading.RLock())
-    if fault:
-        _install_fault(fault, shard)
-    adapter = get_dataset("quickstart", data_root, CATEGORY)
-    _wait_for(go)
-    started = time.time()
-    result = extract_features(
-        adapter, _spec(), store_root, shard_size=SHARD_SIZE, batch_size=BATCH_SIZE, progress=False
-    )
-    payload = asdict(result) | {"wall": time.time() - started}
-    Path(out).write_text(json.dumps(payload))
-
-
-def report_child(
-    url: str, writer: int, n_runs: int, n_classes: int, go: str | None = None, forever: bool = False
-):
-    """Write runs `w<writer>-r<i>` (each written twice: the rerun replaces the first write)."""
-    from storage.reports import ReportStore
-
-    store = ReportStore(url)
-    _wait_for(go)
-    i = 0
-    while forever or i < n_runs:
-        run_id = f"w{writer}-r{i % n_runs}"
-        for attempt in range(2):
-            metrics, scores = _report_rows(run_id, n_classes, attempt)
-            store.write_run(run_id, metrics, scores)
-        i += 1
-
-
-# every configuration column a MetricRow needs (the schema has no defaults): the synthetic rows of this bench
-_ROW_CONFIG = {
-    "image_size": 518, "layers": "-1", "preset": "mvtec_ad", "views": "clean+noise_all", "epochs": 1,
-    "lr": 5e-4, "top_k": 10, "sigma": 0.25, "batch_size": 16, "weight_decay": 1e-5, "lr_min_factor": 0.2,
-    "epoch_subset": None, "exclude_fixed_points": False, "disc_blocks": 1, "disc_heads": 4, "mlp_dim": 2048,
-    "dropout": 0.1, "seed": 0, "feature_dtype": "float16", "split_protocol": "official",
-}  # fmt: skip
-
-
-def _report_rows(run_id: str, n_classes: int, attempt: int):
-    """Metric rows in two partitions and one score table; values depend on the run, class and attempt."""
-    from storage.report_schema import MetricRow, scores_from_arrays
-
-    metrics = [
-        MetricRow(
-            run_id=run_id,
-            dataset=("mvtec_ad", "visa")[c % 2],
-            backbone="vit_small_patch14_dinov2",
-            weights="random:0",
-            **_ROW_CONFIG,
-            class_name=f"c{c}",
-            metric="image_auroc",
-            value=_expected_value(run_id, c, attempt),
-        )
-        for c in range(n_classes)
-    ]
-    scores = scores_from_arrays(
-        run_id=run_id,
-        dataset="visa",
-        backbone="vit_small_patch14_dinov2",
-        class_name="c1",
-        image_ids=["a", "b", "c"],
-        scores=[0.1, 0.2, 0.3],
-        labels=[0, 1, 1],
-    )
-    return metrics, scores
-
-
-def _expected_value(run_id: str, c: int, attempt: int) -> float:
-    return (sum(map(ord, run_id)) % 97 + c) / 1000.0 + attempt / 10.0
-
-
-# --------------------------------------------------------------------------------------------- parent side
-@dataclass
-class FaultResult:
-    """One row of the table."""
-
-    fault: str
-    trials: int = 0
-    survived: int = 0
-    values_lost: int = 0
-    recomputed_done_shards: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+PRELOAD += ["fault_trials", "fault_reports"]
 
 
 class Bench:
@@ -256,7 +93,7 @@ class Bench:
 
         The fork server starts (and imports the preloaded modules) with the first process: a no-op comes first,
         so that start-up is not counted."""
-        warm = self.start(_noop)
+        warm = self.start(noop)
         warm.join(timeout=600)
         started = time.perf_counter()
         code, result = self.extract(self.path("reference"), "reference")
@@ -303,7 +140,10 @@ def read_store(url: str) -> dict:
     group = zarr.open_group(urls.zarr_store(url, read_only=True), mode="r")
     out = {name: np.asarray(group[name][:]) for name in ("tokens", "cls_attn", "masks")}
     out["manifest"] = store.manifest.astype(str).to_json()
-    out["splits"] = store._splits().to_json()
+    splits = {c: store.split(c) for c in store.normal_classes}
+    out["splits"] = json.dumps(
+        {c: [s.train_rows.tolist(), s.test_rows.tolist(), s.test_labels.tolist()] for c, s in splits.items()}
+    )
     return out
 
 
@@ -438,128 +278,68 @@ def fault_concurrent_extraction(bench: Bench, trials: int, kill: bool) -> FaultR
     return row
 
 
-def fault_report_writers(bench: Bench, writers: int, n_runs: int, n_classes: int) -> FaultResult:
-    from storage.reports import ReportStore
-
-    row = FaultResult(f"concurrent report writers ({writers} processes)")
-    started = time.perf_counter()
-    url = str(bench.path("reports"))
-    go = bench.path("go")
-    procs = [bench.start(report_child, url, w, n_runs, n_classes, str(go)) for w in range(writers)]
-    time.sleep(0.5)
-    go.touch()
-    for proc in procs:
-        proc.join(timeout=600)
-    row.trials = writers * n_runs
-    frame = ReportStore(url).read_metrics()
-    expected = {
-        (f"w{w}-r{r}", f"c{c}"): _expected_value(f"w{w}-r{r}", c, 1)
-        for w in range(writers)
-        for r in range(n_runs)
-        for c in range(n_classes)
-    }
-    got = {
-        (run, cls): value
-        for run, cls, value in frame[["run_id", "class_name", "value"]].itertuples(index=False)
-    }
-    lost = sum(1 for key, value in expected.items() if got.get(key) != value)
-    lost += len(frame) - len(got) + len(set(got) - set(expected))  # duplicated or foreign rows
-    lost += abs(len(ReportStore(url).read_scores()) - writers * n_runs * 3)
-    row.values_lost = lost
-    row.survived = row.trials if lost == 0 and all(p.exitcode == 0 for p in procs) else 0
-    if row.survived != row.trials:
-        row.notes.append(f"exits {[p.exitcode for p in procs]}, {lost} rows lost")
-    row.seconds = time.perf_counter() - started
-    return row
-
-
-def fault_report_kill(bench: Bench, trials: int, n_classes: int) -> FaultResult:
-    from storage.reports import ReportStore
-
-    row = FaultResult("SIGKILL report writer")
-    started = time.perf_counter()
-    for trial in range(trials):
-        url = str(bench.path("reports-kill"))
-        proc = bench.start(report_child, url, 0, 3, n_classes, None, True)
-        time.sleep(bench.rng.uniform(0.3, 2.0))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        row.trials += 1
-        store = ReportStore(url)
-        frame = store.read_metrics()
-        bad = 0
-        for run_id, part in frame.groupby("run_id"):
-            values = sorted(part["value"])
-            complete = [sorted(_expected_value(run_id, c, a) for c in range(n_classes)) for a in (0, 1)]
-            if values not in complete:  # partial, duplicated or mixed attempts
-                bad += abs(len(values) - n_classes) or len(values)
-        row.values_lost += bad
-        if bad == 0:
-            row.survived += 1
-        else:
-            row.notes.append(f"trial {trial}: {bad} rows of incomplete runs visible")
-        store.remove_temporaries()
-    row.seconds = time.perf_counter() - started
-    return row
-
-
-def print_table(rows: list[FaultResult]) -> None:
-    header = (
-        f"{'fault':<40} {'trials':>6} {'survived':>8} {'values lost':>11} {'done shards redone':>18} {'s':>6}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        redone = str(r.recomputed_done_shards) if "extraction" in r.fault else "-"
-        print(
-            f"{r.fault:<40} {r.trials:>6} {r.survived:>8} {r.values_lost:>11} {redone:>18} {r.seconds:>6.1f}"
-        )
+def print_rows(rows: list[FaultResult]) -> None:
+    table = [
+        [
+            r.fault,
+            r.trials,
+            r.survived,
+            r.values_lost,
+            str(r.recomputed_done_shards) if "extraction" in r.fault else "-",
+            f"{r.seconds:.1f}",
+        ]
+        for r in rows
+    ]
+    print_table(["fault", "trials", "survived", "values lost", "done shards redone", "s"], table)
     for r in rows:
         for note in r.notes:
             print(f"  {r.fault}: {note}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None):
+    parser = base_parser(__doc__, threads=False, quick_help="fewer trials of each fault (a smoke run)")
     parser.add_argument("--trials", type=int, default=12, help="random-time SIGKILL trials (>= 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times and fault shards")
-    parser.add_argument("--quick", action="store_true", help="fewer trials of each fault (a smoke run)")
-    args = parser.parse_args(argv)
-    trials = 3 if args.quick else args.trials
-    started = time.perf_counter()
+    return parser.parse_args(argv)
+
+
+def run_faults(bench: Bench, args) -> list[FaultResult]:
+    """Every fault, after the reference run; the quick mode runs fewer trials of each."""
+    n_images = len(bench.reference["tokens"])
+    return [
+        fault_random_kills(bench, 3 if args.quick else args.trials),
+        fault_points(bench, -(-n_images // SHARD_SIZE)),
+        fault_concurrent_extraction(bench, 2 if args.quick else 3, kill=False),
+        fault_concurrent_extraction(bench, 2 if args.quick else 4, kill=True),
+        fault_report_writers(bench, 3, 4, 6),
+        fault_report_kill(bench, 3 if args.quick else 6, 6),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, load_start = time.perf_counter(), loadavg()
     with tempfile.TemporaryDirectory(prefix="generalad-faults-") as tmp:
         bench = Bench(Path(tmp), args.seed)
         bench.make_reference()
         n_images = len(bench.reference["tokens"])
-        rows = [
-            fault_random_kills(bench, trials),
-            fault_points(bench, -(-n_images // SHARD_SIZE)),
-            fault_concurrent_extraction(bench, 2 if args.quick else 3, kill=False),
-            fault_concurrent_extraction(bench, 2 if args.quick else 4, kill=True),
-            fault_report_writers(bench, 3, 4, 6),
-            fault_report_kill(bench, 3 if args.quick else 6, 6),
-        ]
+        rows = run_faults(bench, args)
     total = time.perf_counter() - started
-    print_table(rows)
+    print_rows(rows)
     print(
         f"\n{n_images} images, {IMAGE_SIZE} px, shards of {SHARD_SIZE}; reference extraction {bench.ref_wall:.2f} s; "
         f"total {total:.0f} s"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "seed": args.seed,
-                "images": n_images,
-                "image_size": IMAGE_SIZE,
-                "shard_size": SHARD_SIZE,
-                "seconds": total,
-                "faults": [asdict(r) for r in rows],
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {RESULTS}")
+    payload = {
+        "seed": args.seed,
+        "images": n_images,
+        "image_size": IMAGE_SIZE,
+        "shard_size": SHARD_SIZE,
+        "seconds": total,
+        "loadavg_start": load_start,
+        "faults": [asdict(r) for r in rows],
+    }
+    finish(NAME, args, payload, started)
     return 0 if all(r.survived == r.trials and r.values_lost == 0 for r in rows) else 1
 
 

@@ -15,40 +15,29 @@ Speed-up = 1-worker wall time / 2-worker wall time of the same mode. `sum task s
 train + eval seconds (from the report rows): the work, whatever ran in parallel. Rounds alternate the order of
 the sizes; the load average (`os.getloadavg`) is recorded before and after, since the 2 cores are shared.
 
-Self-contained (no bench/common.py); prints a table and writes bench/results/parallel_classes.json.
+Prints a table and writes bench/results/parallel_classes.json. ``--quick``: 1 epoch at 56 px (a smoke run).
 
 Usage::
 
-    .venv/bin/python bench/parallel_classes.py [--epochs 5] [--image-size 112] [--rounds 1] [--no-cold]
+    .venv/bin/python bench/parallel_classes.py [--quick] [--epochs 5] [--image-size 112] [--rounds 1] [--no-cold]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for _key, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+from common import ROOT, base_parser, finish, loadavg, median, offline_environment, print_table, quick_or_full
 
+sys.path.insert(0, str(ROOT))  # the project, where it is not installed
+offline_environment()
+
+NAME = "parallel_classes"
 CATEGORIES = ("brick", "grass", "gravel")
-OUT = ROOT / "bench" / "results" / "parallel_classes.json"
-
-
-def _loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _build_stores(work: Path, image_size: int) -> list[str]:
@@ -118,17 +107,31 @@ def _run(jobs, n_workers: int, warm: bool, run_id: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--image-size", type=int, default=112)
+def parse_args(argv: list[str] | None):
+    parser = base_parser(__doc__, threads=False, quick_help="1 epoch at 56 px (a smoke run)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per class (1 quick, 5 full)")
+    parser.add_argument("--image-size", type=int, default=None, help="56 quick, 112 full")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-cold", action="store_true", help="only the warm-cluster measurement")
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
+    return quick_or_full(parser.parse_args(argv), epochs=(1, 5), image_size=(56, 112))
 
-    load_before = _loadavg()
-    started = time.perf_counter()
+
+def run_rounds(jobs, args) -> list[dict]:
+    """Every round: cold then warm, each over 1 and 2 workers in alternating order."""
+    modes = ([False] if not args.no_cold else []) + [True]
+    rows = []
+    for round_ in range(args.rounds):
+        order = (1, 2) if round_ % 2 == 0 else (2, 1)
+        for warm in modes:
+            for n in order if warm else order[::-1]:
+                row = _run(jobs, n, warm, run_id=f"bench-{round_}-{n}")
+                rows.append({"round": round_, **row, "loadavg": loadavg()})
+                print(f"  round {round_} {row['mode']} {n} worker(s): {row['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def measure(args) -> list[dict]:
+    """Stores of every category (extracted once, untimed), then the timed rounds, under a Prefect API."""
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         from flows.runtime import ensure_prefect_api
 
@@ -144,44 +147,48 @@ def main(argv: list[str] | None = None) -> dict:
                 ClassJob(url, category, overrides={"epochs": args.epochs})
                 for url, category in zip(urls, CATEGORIES, strict=True)
             ]
-            modes = ([False] if not args.no_cold else []) + [True]
-            rows = []
-            for round_ in range(args.rounds):
-                order = (1, 2) if round_ % 2 == 0 else (2, 1)
-                for warm in modes:
-                    for n in order if warm else order[::-1]:
-                        row = _run(jobs, n, warm, run_id=f"bench-{round_}-{n}")
-                        rows.append({"round": round_, **row, "loadavg": _loadavg()})
-                        print(
-                            f"  round {round_} {row['mode']} {n} worker(s): {row['wall_s']:.1f} s", flush=True
-                        )
+            return run_rounds(jobs, args)
 
-    speedups, paired = {}, {}
+
+def speedups(rows: list[dict], rounds: int) -> tuple[dict, dict]:
+    """Per mode: median 1-worker wall / median 2-worker wall, and the same ratio per round."""
+    medians, paired = {}, {}
     for mode in ("cold", "warm"):
         wall = {(r["round"], r["workers"]): r["wall_s"] for r in rows if r["mode"] == mode}
         one = [s for (_, n), s in wall.items() if n == 1]
         two = [s for (_, n), s in wall.items() if n == 2]
         if one and two:
-            speedups[mode] = round(statistics.median(one) / statistics.median(two), 3)
-            paired[mode] = [round(wall[(r, 1)] / wall[(r, 2)], 3) for r in range(args.rounds)]
+            medians[mode] = round(median(one) / median(two), 3)
+            paired[mode] = [round(wall[(r, 1)] / wall[(r, 2)], 3) for r in range(rounds)]
+    return medians, paired
 
+
+def print_rows(rows: list[dict], medians: dict, paired: dict, args) -> None:
     print(
         f"\nper-class training via train-classes, {len(CATEGORIES)} classes x {args.epochs} epochs, "
         f"{args.image_size} px, {os.cpu_count()} cores"
     )
-    print(f"{'round':>5} {'mode':>5} {'workers':>7} {'threads':>7} {'wall s':>8} {'sum task s':>10}  loadavg")
-    for r in rows:
-        print(
-            f"{r['round']:>5} {r['mode']:>5} {r['workers']:>7} {r['torch_threads']:>7} {r['wall_s']:>8.1f} "
-            f"{r['sum_task_s']:>10.1f}  {r['loadavg']}"
-        )
-    for mode, value in speedups.items():
+    print_table(
+        ["round", "mode", "workers", "threads", "wall s", "sum task s", "loadavg"],
+        [
+            [r[k] for k in ("round", "mode", "workers", "torch_threads", "wall_s", "sum_task_s")]
+            + [r["loadavg"]]
+            for r in rows
+        ],
+    )
+    for mode, value in medians.items():
         rounds = ", ".join(f"{x:.2f}" for x in paired[mode])
         print(f"speed-up 2 vs 1 workers ({mode}): {value:.2f}x (median walls); per round: {rounds}")
-    print(f"load average before {load_before}, after {_loadavg()}")
 
-    result = {
-        "name": "parallel_classes",
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    load_before, started = loadavg(), time.perf_counter()
+    rows = measure(args)
+    medians, paired = speedups(rows, args.rounds)
+    print_rows(rows, medians, paired, args)
+    print(f"load average before {load_before}, after {loadavg()}")
+    payload = {
         "config": {
             "classes": list(CATEGORIES),
             "epochs": args.epochs,
@@ -192,16 +199,13 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "cores": os.cpu_count(),
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": loadavg(),
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
-        "speedup_2_vs_1": speedups,
+        "speedup_2_vs_1": medians,
         "speedup_2_vs_1_per_round": paired,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return result
+    return finish(NAME, args, payload, started)
 
 
 if __name__ == "__main__":

@@ -31,45 +31,27 @@ import importlib
 import json
 import os
 import resource
-import statistics
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH))  # the benchmarks import each other by module name
+
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    ROOT,
+    LoadSampler,
+    check,
+    cpu_model,
+    loadavg,
+    machine,
+    print_table,
+    write_json,
+)
 
 SCRIPTS = ("extraction", "suite_payoff", "train_step", "store_io", "memory", "dask_classes", "gpu")
-
-
-class LoadSampler:
-    """Samples the 1-minute load average every ``period`` seconds in a daemon thread."""
-
-    def __init__(self, period: float = 2.0):
-        self.period, self.samples = period, [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="load-sampler")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self.samples.append(os.getloadavg()[0])
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def mark(self) -> int:
-        return len(self.samples)
-
-    def stats(self, since: int = 0) -> dict[str, float]:
-        part = self.samples[since:] or self.samples[-1:]
-        return {"min": min(part), "median": statistics.median(part), "max": max(part)}
 
 
 def _cpu_seconds() -> float:
@@ -83,18 +65,16 @@ def run_prefect_bench() -> dict:
     and turn its 2-vs-1-worker speed-ups into summary rows."""
     import subprocess
 
-    import common
-
     script = BENCH / "parallel_classes.py"
     if not script.exists():
         return {"ok": False, "error": f"{script.name} is absent", "summary": []}
     done = subprocess.run([sys.executable, str(script)], check=False)
-    out = common.RESULTS_DIR / "parallel_classes.json"
+    out = RESULTS_DIR / "parallel_classes.json"
     if done.returncode != 0 or not out.exists():
         return {"ok": False, "error": f"{script.name} exited with {done.returncode}", "summary": []}
     speedups = json.loads(out.read_text()).get("speedup_2_vs_1", {})
     rows = [
-        common.check(
+        check(
             "7 parallel classes",
             f"  Prefect train-classes subflow, {mode} cluster: 2 / 1 workers (info)",
             value,
@@ -106,7 +86,7 @@ def run_prefect_bench() -> dict:
     return {"ok": True, "summary": rows}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=None, help="run only these benchmarks")
@@ -116,61 +96,54 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run bench/parallel_classes.py (per-class training through the Prefect flows; minutes)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    import common
 
+def run_one(name: str, sampler: LoadSampler, run) -> dict:
+    """`run()`'s entry (ok, summary rows, or the error), with its wall and CPU seconds and the load meanwhile."""
+    mark = sampler.mark()
+    begin, cpu_begin = time.perf_counter(), _cpu_seconds()
+    try:
+        entry = run()
+    except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
+        traceback.print_exc()
+        entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "summary": []}
+    entry |= {
+        "seconds": time.perf_counter() - begin,
+        "cpu_seconds": _cpu_seconds() - cpu_begin,
+        "load": sampler.stats(mark),
+    }
+    gc.collect()
+    return entry
+
+
+def run_benchmarks(names, args, sampler: LoadSampler) -> dict[str, dict]:
+    """Each benchmark's `main` in this process, one after the other; then the Prefect one, if asked for."""
     mode = "quick" if args.quick else "full"
-    names = args.only or SCRIPTS
     extra = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
-    started = time.perf_counter()
     results: dict[str, dict] = {}
-    print(
-        f"GeneralAD benchmarks ({mode}): {', '.join(names)}; cpu {common.cpu_model()}, {os.cpu_count()} cores; "
-        f"load {common.loadavg()}"
-    )
-    with LoadSampler() as sampler:
-        for i, name in enumerate(names, 1):
-            mark = sampler.mark()
-            print(
-                f"\n{'=' * 30} [{i}/{len(names)}] {name} ({mode}), load {common.loadavg()} {'=' * 30}",
-                flush=True,
-            )
-            begin, cpu_begin = time.perf_counter(), _cpu_seconds()
-            entry: dict = {}
-            try:
-                module = importlib.import_module(name)
-                result = module.main(extra)
-                entry = {"ok": True, "summary": result.get("summary", [])}
-            except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
-                traceback.print_exc()
-                entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "summary": []}
-            entry |= {
-                "seconds": time.perf_counter() - begin,
-                "cpu_seconds": _cpu_seconds() - cpu_begin,
-                "load": sampler.stats(mark),
-            }
-            results[name] = entry
-            gc.collect()
-        if args.with_prefect:
-            mark = sampler.mark()
-            print(
-                f"\n{'=' * 30} parallel_classes (Prefect flows), load {common.loadavg()} {'=' * 30}",
-                flush=True,
-            )
-            begin, cpu_begin = time.perf_counter(), _cpu_seconds()
-            entry = run_prefect_bench()
-            entry |= {
-                "seconds": time.perf_counter() - begin,
-                "cpu_seconds": _cpu_seconds() - cpu_begin,
-                "load": sampler.stats(mark),
-            }
-            results["parallel_classes"] = entry
-        load = sampler.stats()
 
+    def in_process(name: str):
+        def run() -> dict:
+            result = importlib.import_module(name).main(extra)
+            return {"ok": True, "summary": result.get("summary", [])}
+
+        return run
+
+    for i, name in enumerate(names, 1):
+        bar = "=" * 30
+        print(f"\n{bar} [{i}/{len(names)}] {name} ({mode}), load {loadavg()} {bar}", flush=True)
+        results[name] = run_one(name, sampler, in_process(name))
+    if args.with_prefect:
+        print(f"\n{'=' * 30} parallel_classes (Prefect flows), load {loadavg()} {'=' * 30}", flush=True)
+        results["parallel_classes"] = run_one("parallel_classes", sampler, run_prefect_bench)
+    return results
+
+
+def print_summary(results: dict[str, dict], mode: str, load: dict, total: float) -> None:
     rows = [row for entry in results.values() for row in entry["summary"]]
     print(f"\n{'=' * 30} summary ({mode}) {'=' * 30}")
-    common.print_table(
+    print_table(
         ["question", "metric", "measured", "target", "holds?", "note"],
         [
             [
@@ -184,15 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )
-    failed = [n for n, e in results.items() if not e["ok"]]
-    for name in failed:
-        print(f"FAILED: {name}: {results[name]['error']}")
+    for name, entry in results.items():
+        if not entry["ok"]:
+            print(f"FAILED: {name}: {entry['error']}")
     print("* target set by the benchmark (the issue gives none); targets without * come from the issue")
     print_times = ", ".join(
         f"{n} {e['seconds']:.0f} s / {e['cpu_seconds']:.0f} CPU s (load {e['load']['median']:.1f})"
         for n, e in results.items()
     )
-    total = time.perf_counter() - started
     cpu = sum(e["cpu_seconds"] for e in results.values())
     print(
         f"wall {total:.0f} s, {cpu:.0f} CPU s ({cpu / (os.cpu_count() or 1):.0f} s if every core were ours): "
@@ -203,20 +175,33 @@ def main(argv: list[str] | None = None) -> int:
         f"max {load['max']:.2f} on {os.cpu_count()} cores"
     )
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    names = args.only or SCRIPTS
+    started = time.perf_counter()
+    print(
+        f"GeneralAD benchmarks ({mode}): {', '.join(names)}; cpu {cpu_model()}, {os.cpu_count()} cores; "
+        f"load {loadavg()}"
+    )
+    with LoadSampler() as sampler:
+        results = run_benchmarks(names, args, sampler)
+        load = sampler.stats()
+    total = time.perf_counter() - started
+    print_summary(results, mode, load, total)
     summary = {
         "mode": mode,
         "seconds": total,
-        "cpu_seconds": cpu,
+        "cpu_seconds": sum(e["cpu_seconds"] for e in results.values()),
         "loadavg_during": load,
-        "machine": common.machine(),
+        "machine": machine(),
         "benchmarks": results,
-        "rows": rows,
+        "rows": [row for entry in results.values() for row in entry["summary"]],
     }
-    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = common.RESULTS_DIR / "summary.json"
-    out.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"wrote {out.relative_to(common.ROOT)}")
-    return 1 if failed else 0
+    out = write_json(RESULTS_DIR / "summary.json", summary)
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 1 if any(not e["ok"] for e in results.values()) else 0
 
 
 if __name__ == "__main__":

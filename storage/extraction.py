@@ -34,10 +34,21 @@ from storage import urls
 from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
 from storage.fingerprint import StoreFingerprint, fingerprint_for, protocol_label
 from storage.prefetch import prefetched
+from storage.timing import PhaseTimer
 
-__all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES"]
+__all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES", "EXTRACTION_PHASES"]
 
 FEATURE_DTYPES = ("float16", "float32")
+# what `extract_features(timings=...)` reports; "decode + resize" (file decode, resize, normalise, mask) runs in a
+# background thread while the backbone computes, so it overlaps the other phases
+EXTRACTION_PHASES = (
+    "build model",
+    "create store",
+    "decode + resize",
+    "forward + capture",
+    "write shards",
+    "verify + marker",
+)
 
 
 @dataclass(frozen=True)
@@ -134,13 +145,16 @@ def extract_features(
     precision: str = DEFAULT_PRECISION,
     decode_workers: int | None = None,
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> ExtractionResult:
     """Extract `adapter`'s images with `spec` into `<store_root>/<dataset>/<...>.zarr`, resuming a partial store.
 
     Returns at once, without loading the backbone, when the store is already complete. `device`: auto, cpu,
     cuda, cuda:N; `precision`: fp32, tf32, bf16, fp16 (CUDA); `decode_workers`: decode threads (default: one
-    per core).
+    per core). `timings`, when given, receives the wall seconds of each of `EXTRACTION_PHASES` (added to what
+    it holds).
     """
+    timer = PhaseTimer(timings)
     started = time.perf_counter()
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
@@ -156,30 +170,12 @@ def extract_features(
             return ExtractionResult(
                 url, fingerprint.key, len(manifest), 0, 0, 0, time.perf_counter() - started
             )
-        backbone = load_backbone(spec).to(torch_device)
-        layout = StoreLayout(
-            num_images=len(manifest),
-            num_patches=backbone.num_patches,
-            embed_dim=backbone.embed_dim,
-            num_heads=backbone.num_heads,
-            image_size=spec.image_size,
-            dtype=dtype,
-            has_masks=adapter.has_masks,
-            shard_size=shard_size,
-        )
-        splits = {name: adapter.one_class_split(manifest, name) for name in adapter.normal_classes()}
-        writer = StoreWriter(
-            url,
-            fingerprint,
-            layout,
-            manifest,
-            splits,
-            protocol=protocol_label(adapter.protocol, adapter.options),
-        )
+        with timer("build model"):
+            backbone = load_backbone(spec).to(torch_device)
+        writer = _open_writer(adapter, url, fingerprint, manifest, backbone, spec, dtype, shard_size, timer)
         layout = writer.layout  # a partial store keeps the shard size it was created with
         done = writer.done_shards() & set(range(layout.num_shards))
         todo = [s for s in range(layout.num_shards) if s not in done]
-        records = [_record(row) for row in manifest.itertuples(index=False)]
         n_todo = sum(stop - start for start, stop in map(layout.shard_rows, todo))
         bar = tqdm(
             total=int(n_todo),
@@ -188,58 +184,25 @@ def extract_features(
             disable=not progress,
             file=sys.stderr,
         )
-
-        pool = ThreadPoolExecutor(decode_workers or _default_decode_workers(), thread_name_prefix="decode")
-
-        def decode_batch(lo: int, hi: int) -> tuple[torch.Tensor, list]:
-            decoded = list(
-                pool.map(
-                    lambda i: _decode(adapter, records[i], spec.image_size, adapter.has_masks), range(lo, hi)
-                )
+        records = [_record(row) for row in manifest.itertuples(index=False)]
+        with ThreadPoolExecutor(
+            decode_workers or _default_decode_workers(), thread_name_prefix="decode"
+        ) as pool:
+            batches = _decoded_batches(
+                adapter, records, todo, layout, batch_size, spec, torch_device, pool, timer
             )
-            pixels = pin_if_cuda(torch.stack([pixels for pixels, _ in decoded]), torch_device)
-            return pixels, [mask for _, mask in decoded]
-
-        def batches() -> Iterator:
-            for shard in todo:
-                start, stop = layout.shard_rows(shard)
-                for lo in range(start, stop, batch_size):
-                    hi = min(lo + batch_size, stop)
-                    yield lambda lo=lo, hi=hi, shard=shard, last=hi == stop: (
-                        shard,
-                        last,
-                        *decode_batch(lo, hi),
-                    )
-
-        tokens_acc: list[np.ndarray] = []
-        attn_acc: list[np.ndarray] = []
-        masks_acc: list[np.ndarray] = []
-        with pool, torch.inference_mode(), autocast(torch_device, precision):
-            for shard, last_of_shard, pixels, masks in prefetched(batches(), depth=2):
-                tokens, attn = backbone(pixels.to(torch_device, non_blocking=True))
-                tokens_acc.append(tokens.float().cpu().numpy())
-                attn_acc.append(attn.float().cpu().numpy())
-                if adapter.has_masks:
-                    masks_acc.append(np.stack(masks))
-                bar.update(len(masks))
-                if last_of_shard:
-                    writer.write_shard(
-                        shard,
-                        np.concatenate(tokens_acc),
-                        np.concatenate(attn_acc),
-                        np.concatenate(masks_acc) if masks_acc else None,
-                    )
-                    tokens_acc, attn_acc, masks_acc = [], [], []
+            _write_shards(writer, backbone, batches, torch_device, precision, adapter.has_masks, bar, timer)
         bar.close()
-        writer.mark_complete(
-            {
-                "backbone": spec.name,
-                "weights": fingerprint.weights,
-                "grid": backbone.grid,
-                "device": str(torch_device),
-                "precision": precision,
-            }
-        )
+        with timer("verify + marker"):
+            writer.mark_complete(
+                {
+                    "backbone": spec.name,
+                    "weights": fingerprint.weights,
+                    "grid": backbone.grid,
+                    "device": str(torch_device),
+                    "precision": precision,
+                }
+            )
     return ExtractionResult(
         url,
         fingerprint.key,
@@ -251,6 +214,76 @@ def extract_features(
         str(torch_device),
         precision,
     )
+
+
+def _open_writer(
+    adapter, url, fingerprint, manifest, backbone, spec, dtype, shard_size, timer
+) -> StoreWriter:
+    """The store's writer: created with this layout, or reopened (a partial store keeps its own shard size)."""
+    layout = StoreLayout(
+        num_images=len(manifest),
+        num_patches=backbone.num_patches,
+        embed_dim=backbone.embed_dim,
+        num_heads=backbone.num_heads,
+        image_size=spec.image_size,
+        dtype=dtype,
+        has_masks=adapter.has_masks,
+        shard_size=shard_size,
+    )
+    splits = {name: adapter.one_class_split(manifest, name) for name in adapter.normal_classes()}
+    with timer("create store"):
+        return StoreWriter(
+            url,
+            fingerprint,
+            layout,
+            manifest,
+            splits,
+            protocol=protocol_label(adapter.protocol, adapter.options),
+        )
+
+
+def _decoded_batches(adapter, records, todo, layout, batch_size, spec, torch_device, pool, timer) -> Iterator:
+    """Lazy batches `(shard, last_of_shard, pixels, masks)` of the shards to do, decoded by `pool`'s threads."""
+
+    def decode(i: int):
+        with timer("decode + resize"):
+            return _decode(adapter, records[i], spec.image_size, adapter.has_masks)
+
+    def batch(shard: int, last: bool, lo: int, hi: int):
+        decoded = list(pool.map(decode, range(lo, hi)))
+        pixels = pin_if_cuda(torch.stack([pixels for pixels, _ in decoded]), torch_device)
+        return shard, last, pixels, [mask for _, mask in decoded]
+
+    for shard in todo:
+        start, stop = layout.shard_rows(shard)
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            yield lambda shard=shard, last=hi == stop, lo=lo, hi=hi: batch(shard, last, lo, hi)
+
+
+def _write_shards(writer, backbone, batches, torch_device, precision, has_masks, bar, timer) -> None:
+    """The backbone over the batches (decoded one batch ahead), each shard written whole when its last batch is in."""
+    tokens_acc: list[np.ndarray] = []
+    attn_acc: list[np.ndarray] = []
+    masks_acc: list[np.ndarray] = []
+    with torch.inference_mode(), autocast(torch_device, precision):
+        for shard, last_of_shard, pixels, masks in prefetched(batches, depth=2):
+            with timer("forward + capture"):  # to the host copy: what a GPU's async forward waits for
+                tokens, attn = backbone(pixels.to(torch_device, non_blocking=True))
+                tokens_acc.append(tokens.float().cpu().numpy())
+                attn_acc.append(attn.float().cpu().numpy())
+            if has_masks:
+                masks_acc.append(np.stack(masks))
+            bar.update(len(masks))
+            if last_of_shard:
+                with timer("write shards"):
+                    writer.write_shard(
+                        shard,
+                        np.concatenate(tokens_acc),
+                        np.concatenate(attn_acc),
+                        np.concatenate(masks_acc) if masks_acc else None,
+                    )
+                tokens_acc, attn_acc, masks_acc = [], [], []
 
 
 def _default_decode_workers() -> int:

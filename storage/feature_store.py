@@ -41,8 +41,8 @@ import zarr
 from generalad.errors import DatasetError, StoreError
 from generalad.method.feature_source import FeatureBatch
 from generalad.method.split import OneClassSplit
+from storage import faultpoints, urls
 from storage import fingerprint as _fingerprint
-from storage import urls
 from storage.fingerprint import StoreFingerprint
 from storage.prefetch import prefetched
 from storage.row_reads import ShardRows, read_rows, zarr_rows
@@ -145,6 +145,7 @@ class StoreWriter:
                 f"{existing.get('generalad_schema')!r}); delete it or choose another store root"
             )
         self._remove_temporaries()
+        faultpoints.reach("group-ready", url=self.url)
         arrays = self._ensure_arrays(group)
         # The shard shape is fixed when the arrays are created: a rerun with another shard size resumes the
         # store in its own shards (the markers name shards of that size), never in a mixture.
@@ -223,13 +224,16 @@ class StoreWriter:
         if tokens.shape[0] != stop - start or cls_attn.shape[0] != stop - start:
             raise StoreError(f"shard {shard} needs {stop - start} images, got {tokens.shape[0]}")
         self._group["tokens"][start:stop] = tokens
+        faultpoints.reach("array-written", url=self.url, shard=shard, array="tokens")
         self._group["cls_attn"][start:stop] = cls_attn
+        faultpoints.reach("array-written", url=self.url, shard=shard, array="cls_attn")
         parts = [tokens, cls_attn]
         if self.layout.has_masks:
             if masks is None:
                 raise StoreError(f"shard {shard}: the store has masks but none were given")
             masks = masks.astype(np.uint8, copy=False)
             self._group["masks"][start:stop] = masks
+            faultpoints.reach("array-written", url=self.url, shard=shard, array="masks")
             parts.append(masks)
         marker = {"shard": shard, "start": start, "stop": stop, "checksum": shard_checksum(*parts)}
         urls.write_bytes_atomic(
@@ -257,6 +261,7 @@ class StoreWriter:
     def mark_complete(self, info: dict[str, Any] | None = None) -> None:
         """Verify, consolidate metadata once, then publish COMPLETE.json: only now may the store be read."""
         self.verify()
+        faultpoints.reach("verified", url=self.url)
         zarr.consolidate_metadata(urls.zarr_store(self.url))
         payload = {"key": self.fingerprint.key, "num_images": self.layout.num_images, **(info or {})}
         urls.write_bytes_atomic(urls.join(self.url, COMPLETE_FILE), json.dumps(payload, indent=2).encode())

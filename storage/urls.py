@@ -10,6 +10,8 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
+from storage import faultpoints
+
 __all__ = ["normalize", "join", "filesystem", "is_local", "zarr_store", "write_bytes_atomic", "exists"]
 
 # zarr 3 warns that consolidated metadata is not yet part of the v3 spec; we use it knowingly.
@@ -68,6 +70,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        faultpoints.reach("temp-written", url=url)
         os.replace(tmp, path)
     else:
         # object stores publish a whole object on close; there is no partial visibility to guard against
