@@ -120,6 +120,62 @@ def _check_test_labels(split: OneClassSplit) -> None:
         )
 
 
+class _EpochTracker:
+    """Scores the test set after each epoch and keeps the logits of the last and of the best epochs.
+
+    The best image-AUROC epoch (earliest on ties) gives `best_on_test`; with `masks`, the best pixel-AUROC epoch
+    gives `best_on_test_pixel`. Only logits are kept: the costly pixel metrics of a selection are computed once,
+    at the end, for the epochs that are reported.
+    """
+
+    def __init__(self, split, top_k, test_logits, masks, image_size) -> None:
+        self.split, self.top_k, self.test_logits = split, top_k, test_logits
+        self.masks, self.image_size = masks, image_size
+        self.epoch_metrics: list[dict[str, Any]] = []
+        self.best = {"best_on_test": (-np.inf, None, None), "best_on_test_pixel": (-np.inf, None, None)}
+        self.last_logits: torch.Tensor | None = None
+        self.seconds = 0.0
+
+    def observe(self, epoch: int, model: Discriminator) -> None:
+        start = time.perf_counter()
+        logits = self.test_logits(model)
+        metrics = evaluate_logits(logits, self.split, top_k=self.top_k).metrics
+        self.epoch_metrics.append({"epoch": epoch, **metrics})
+        self._keep("best_on_test", metrics["image_auroc"], epoch, logits)
+        if self.masks is not None:
+            pixel = pixel_auroc_of_logits(logits, self.masks, image_size=self.image_size)
+            self.epoch_metrics[-1]["pixel_auroc"] = pixel
+            self._keep("best_on_test_pixel", pixel, epoch, logits)
+        self.last_logits = logits
+        self.seconds += time.perf_counter() - start
+
+    def _keep(self, selection: str, value: float, epoch: int, logits: torch.Tensor) -> None:
+        if value > self.best[selection][0]:  # strictly better: the earliest epoch wins ties
+            self.best[selection] = (value, epoch, logits)
+
+
+def _selected_evaluations(
+    tracker, last_logits, split, preset, masks, image_size, eval_every_epoch, select_on_pixel
+) -> tuple[dict[str, Evaluation], list[dict[str, Any]]]:
+    """The full evaluation (pixel metrics included) of `last` and of each selected best epoch, and their rows."""
+    evaluations = {
+        "last": evaluate_logits(last_logits, split, top_k=preset.top_k, masks=masks, image_size=image_size)
+    }
+    rows = metric_rows(evaluations["last"], selection="last", epoch=preset.epochs)
+    chosen = (["best_on_test"] if eval_every_epoch else []) + (
+        ["best_on_test_pixel"] if select_on_pixel else []
+    )
+    for selection in chosen:
+        _, best_epoch, logits = tracker.best[selection]
+        if best_epoch == preset.epochs:
+            best = evaluations["last"]
+        else:
+            best = evaluate_logits(logits, split, top_k=preset.top_k, masks=masks, image_size=image_size)
+        evaluations[selection] = best
+        rows += metric_rows(best, selection=selection, epoch=best_epoch)
+    return evaluations, rows
+
+
 def run_one_class(
     source: FeatureSource,
     split: OneClassSplit,
@@ -168,17 +224,6 @@ def run_one_class(
     if shots is not None:
         train_rows = fewshot_rows(train_rows, shots, seed)
 
-    epoch_metrics: list[dict[str, Any]] = []
-    tracked: dict[str, Any] = {
-        "best_auroc": -np.inf,
-        "best_epoch": None,
-        "best_logits": None,
-        "last_logits": None,
-        "best_pixel": -np.inf,
-        "pixel_epoch": None,
-        "pixel_logits": None,
-    }
-    eval_seconds = 0.0
     hold_start = time.perf_counter()
     held = hold_features(source, split.test_rows, device) if eval_every_epoch else None
     hold_seconds = time.perf_counter() - hold_start  # before training: not part of trained.seconds
@@ -188,56 +233,24 @@ def run_one_class(
             return held.logits(model, precision=precision)
         return patch_logits(model, source, split.test_rows, precision=precision)
 
-    def on_epoch_end(epoch: int, model: Discriminator) -> None:
-        nonlocal eval_seconds
-        start = time.perf_counter()
-        logits = test_logits(model)
-        image_eval = evaluate_logits(logits, split, top_k=preset.top_k)
-        epoch_metrics.append({"epoch": epoch, **image_eval.metrics})
-        if image_eval.metrics["image_auroc"] > tracked["best_auroc"]:
-            tracked.update(best_auroc=image_eval.metrics["image_auroc"], best_epoch=epoch, best_logits=logits)
-        if select_on_pixel:
-            pixel = pixel_auroc_of_logits(logits, masks, image_size=image_size)
-            epoch_metrics[-1]["pixel_auroc"] = pixel
-            if pixel > tracked["best_pixel"]:
-                tracked.update(best_pixel=pixel, pixel_epoch=epoch, pixel_logits=logits)
-        tracked["last_logits"] = logits
-        eval_seconds += time.perf_counter() - start
-
+    tracker = _EpochTracker(split, preset.top_k, test_logits, masks if select_on_pixel else None, image_size)
     trained = train_discriminator(
         source,
         train_rows,
         preset,
         seed=seed,
         device=device,
-        on_epoch_end=on_epoch_end if eval_every_epoch else None,
+        on_epoch_end=tracker.observe if eval_every_epoch else None,
         progress=progress,
         precision=precision,
     )
 
-    epoch_eval_seconds = eval_seconds
     start = time.perf_counter()
-    last_logits = tracked["last_logits"]
-    if last_logits is None:
-        last_logits = test_logits(trained.model)
-    evaluations = {
-        "last": evaluate_logits(last_logits, split, top_k=preset.top_k, masks=masks, image_size=image_size)
-    }
-    rows = metric_rows(evaluations["last"], selection="last", epoch=preset.epochs)
-    chosen = [("best_on_test", "best_epoch", "best_logits")] if eval_every_epoch else []
-    if select_on_pixel:
-        chosen.append(("best_on_test_pixel", "pixel_epoch", "pixel_logits"))
-    for selection, epoch_key, logits_key in chosen:
-        best_epoch = tracked[epoch_key]
-        if best_epoch == preset.epochs:
-            best = evaluations["last"]
-        else:
-            best = evaluate_logits(
-                tracked[logits_key], split, top_k=preset.top_k, masks=masks, image_size=image_size
-            )
-        evaluations[selection] = best
-        rows += metric_rows(best, selection=selection, epoch=best_epoch)
-    eval_seconds += time.perf_counter() - start + hold_seconds
+    last_logits = tracker.last_logits if tracker.last_logits is not None else test_logits(trained.model)
+    evaluations, rows = _selected_evaluations(
+        tracker, last_logits, split, preset, masks, image_size, eval_every_epoch, select_on_pixel
+    )
+    eval_seconds = tracker.seconds + time.perf_counter() - start + hold_seconds
 
     return RunResult(
         model=trained.model,
@@ -250,9 +263,9 @@ def run_one_class(
         scores=evaluations["last"].scores_frame(),
         metrics=rows,
         evaluations=evaluations,
-        epoch_metrics=epoch_metrics,
+        epoch_metrics=tracker.epoch_metrics,
         history=trained.history,
-        train_seconds=trained.seconds - epoch_eval_seconds,
+        train_seconds=trained.seconds - tracker.seconds,
         eval_seconds=eval_seconds,
         device=str(device),
         precision=precision,
