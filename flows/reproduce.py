@@ -33,8 +33,8 @@ from flows.plan_report import render_plan
 from flows.runtime import api_for_subprocesses, new_run_id, plan_dask
 from flows.suites import Suite, get_suite
 from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
+from generalad.apps.plots import markdown_images
 from generalad.apps.suite_tables import fig4_plots, render_suite
-from generalad.apps.visualize import markdown_images
 from generalad.defaults import default_reports_root, default_store_root
 from storage.report_schema import redact
 from storage.reports import ReportStore

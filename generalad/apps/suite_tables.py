@@ -28,8 +28,8 @@ import pandas as pd
 from PIL import Image
 
 from generalad.apps import paper
+from generalad.apps.plots import sweep_plots, sweep_table
 from generalad.apps.report_tables import TableFormat, cell_means, render_table, scoped_rows
-from generalad.apps.visualize import sweep_plots, sweep_table
 
 __all__ = ["render_suite", "fig4_plots", "SUITE_LAYOUTS"]
 

@@ -1,4 +1,4 @@
-"""Pictures of anomaly maps: heat-map overlays, per-class sample grids, and metric-vs-parameter sweep plots.
+"""Pictures of anomaly maps: heat-map overlays and per-class sample grids (sweep plots: `generalad.apps.plots`).
 
 Everything is drawn with Pillow and NumPy (no plotting library): a 256-entry jet-like colour table for heat maps,
 Pillow's line drawing for the sweep plots. Why not matplotlib: measured here, `import matplotlib.pyplot` takes
@@ -18,17 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import io
 import math
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from generalad.apps.drawing import load_font, text_size
 from generalad.errors import ConfigError
 
 __all__ = [
@@ -39,12 +35,6 @@ __all__ = [
     "overlay",
     "mask_tile",
     "sample_grid",
-    "line_plot",
-    "sweep_table",
-    "sweep_plots",
-    "write_sweep_plots",
-    "png_bytes",
-    "markdown_images",
 ]
 
 # Jet-like colour stops (position, R, G, B): dark blue -> blue -> cyan -> yellow -> red -> dark red.
@@ -66,21 +56,6 @@ HEAT_COLORS: np.ndarray = (
     .astype(np.uint8)
 )
 """(256, 3) uint8 RGB lookup table of the heat maps, index 0 = low, 255 = high."""
-
-# Line colours of the sweep plots (distinguishable on white; black is the axes).
-_LINE_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75))
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return int(right - left), int(bottom - top)
 
 
 def colorize(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -154,8 +129,8 @@ def mask_tile(mask: np.ndarray | None, size: tuple[int, int]) -> Image.Image:
     if mask is None:
         tile = Image.new("RGB", (width, height), (96, 96, 96))
         draw = ImageDraw.Draw(tile)
-        font = _font(max(9, height // 10))
-        text_w, text_h = _text_size(draw, "no mask", font)
+        font = load_font(max(9, height // 10))
+        text_w, text_h = text_size(draw, "no mask", font)
         draw.text(((width - text_w) // 2, (height - text_h) // 2), "no mask", fill=(220, 220, 220), font=font)
         return tile
     binary = (np.asarray(mask) > 0).astype(np.uint8) * 255
@@ -169,8 +144,8 @@ def _colorbar(width: int, height: int, vmin: float, vmax: float, font) -> Image.
     bar = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(bar)
     low, high = f"{vmin:.3g}", f"{vmax:.3g}"
-    low_w, _ = _text_size(draw, low, font)
-    high_w, _ = _text_size(draw, high, font)
+    low_w, _ = text_size(draw, low, font)
+    high_w, _ = text_size(draw, high, font)
     x0, x1 = low_w + 12, width - high_w - 12
     if x1 - x0 < 16:
         return bar
@@ -233,8 +208,8 @@ def sample_grid(
     vmin = low if vmin is None else float(vmin)
     vmax = high if vmax is None else float(vmax)
 
-    font = _font(max(10, tile // 11))
-    small = _font(max(9, tile // 13))
+    font = load_font(max(10, tile // 11))
+    small = load_font(max(9, tile // 13))
     pad = 4
     label_w = max(70, tile // 2 + 20)
     caption_h = 2 * (max(10, tile // 11) + 4)
@@ -268,235 +243,3 @@ def sample_grid(
             draw.text((pad, y + row * (tile + pad) + tile // 2 - 6), name, fill="black", font=small)
     canvas.paste(_colorbar(width - 2 * pad, bar_h, vmin, vmax, small), (pad, height - bar_h - pad))
     return canvas
-
-
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering [low, high]."""
-    span = high - low
-    if span <= 0:
-        return [low]
-    raw = span / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= high + 1e-9 * span:
-        ticks.append(round(value, 12))
-        value += step
-    return ticks
-
-
-def line_plot(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    *,
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    log_x: bool | None = None,
-    size: tuple[int, int] = (640, 400),
-) -> Image.Image:
-    """Lines with markers, one per series, on shared axes (a minimal matplotlib-free plot).
-
-    Args:
-        series: name -> (x values, y values); points are drawn in increasing x.
-        title, xlabel, ylabel: texts.
-        log_x: logarithmic x axis; default when every x is > 0 and they span at least a factor of 20.
-        size: (width, height) in pixels.
-
-    The x ticks are the distinct x values of the data (sweeps have few); the y ticks are round numbers.
-    """
-    points = {
-        name: sorted(zip(map(float, xs), map(float, ys), strict=True))
-        for name, (xs, ys) in series.items()
-        if len(xs)
-    }
-    if not points:
-        raise ConfigError("line_plot needs at least one series with points")
-    xs_all = sorted({x for pts in points.values() for x, _ in pts})
-    ys_all = [y for pts in points.values() for _, y in pts if math.isfinite(y)]
-    if log_x is None:
-        log_x = xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 20
-    if log_x and xs_all[0] <= 0:
-        raise ConfigError("a logarithmic x axis needs x > 0")
-    fx = math.log10 if log_x else float
-
-    width, height = size
-    font = _font(13)
-    small = _font(11)
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    legend_w = min(180, width // 4)
-    left, right, top, bottom = 64, width - legend_w - 12, 34, height - 48
-    x_lo, x_hi = fx(xs_all[0]), fx(xs_all[-1])
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    y_lo, y_hi = (min(ys_all), max(ys_all)) if ys_all else (0.0, 1.0)
-    margin = (y_hi - y_lo) * 0.08 or 0.05
-    y_lo, y_hi = y_lo - margin, y_hi + margin
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (
-            left + (fx(x) - x_lo) / (x_hi - x_lo) * (right - left),
-            bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top),
-        )
-
-    draw.rectangle((left, top, right, bottom), outline="black")
-    for tick in _nice_ticks(y_lo, y_hi):
-        _, ty = px(xs_all[0], tick)
-        draw.line((left - 4, ty, left, ty), fill="black")
-        draw.line((left + 1, ty, right - 1, ty), fill=(230, 230, 230))
-        label = f"{tick:.3g}"
-        tw, th = _text_size(draw, label, small)
-        draw.text((left - 8 - tw, ty - th / 2 - 2), label, fill="black", font=small)
-    for tick in xs_all:
-        tx, _ = px(tick, y_lo)
-        draw.line((tx, bottom, tx, bottom + 4), fill="black")
-        label = f"{tick:g}"
-        tw, _ = _text_size(draw, label, small)
-        draw.text((tx - tw / 2, bottom + 6), label, fill="black", font=small)
-    if title:
-        tw, _ = _text_size(draw, title, font)
-        draw.text(((left + right - tw) / 2, 8), title, fill="black", font=font)
-    if xlabel:
-        text = xlabel + (" (log scale)" if log_x else "")
-        tw, _ = _text_size(draw, text, font)
-        draw.text(((left + right - tw) / 2, height - 24), text, fill="black", font=font)
-    if ylabel:
-        label_img = Image.new("RGB", (_text_size(draw, ylabel, font)[0] + 4, 18), "white")
-        ImageDraw.Draw(label_img).text((2, 0), ylabel, fill="black", font=font)
-        rotated = label_img.rotate(90, expand=True)
-        canvas.paste(rotated, (6, int((top + bottom - rotated.height) / 2)))
-
-    for index, (name, pts) in enumerate(points.items()):
-        color = _LINE_COLORS[index % len(_LINE_COLORS)]
-        coords = [px(x, y) for x, y in pts if math.isfinite(y)]
-        if len(coords) > 1:
-            draw.line(coords, fill=color, width=2)
-        for cx, cy in coords:
-            draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=color)
-        ly = top + 4 + index * 18
-        draw.line((right + 12, ly + 7, right + 32, ly + 7), fill=color, width=2)
-        draw.text((right + 38, ly), name[:22], fill="black", font=small)
-    return canvas
-
-
-_SWEEP_OTHER = {"sigma": "top_k", "top_k": "sigma"}
-
-
-def sweep_table(
-    frame: pd.DataFrame,
-    parameter: str,
-    *,
-    metric: str = "image_auroc",
-    selection: str = "last",
-) -> pd.DataFrame:
-    """The points of one sweep: mean metric value per (series, parameter value).
-
-    Rows are those of ``metric`` and ``selection`` with a value (and ``status == "ok"`` when the column exists).
-    A sweep varies one parameter with the other held at its default, so for the ``sigma`` sweep only rows whose
-    ``top_k`` is the most frequent ``top_k`` of their dataset are kept, and vice versa (the default value is shared
-    by every point of the other sweep, so it is the most frequent one). A series is a dataset (and backbone, when
-    the frame holds several); values are averaged over its classes and seeds, ``n`` counts the rows averaged.
-
-    Returns:
-        Columns ``series``, the parameter, ``value``, ``n``; sorted; empty when nothing matches.
-    """
-    if parameter not in _SWEEP_OTHER:
-        raise ConfigError(f"sweep parameter must be one of {sorted(_SWEEP_OTHER)}, got {parameter!r}")
-    needed = {"dataset", "metric", "selection", "value", "sigma", "top_k"}
-    missing = sorted(needed - set(frame.columns))
-    if missing:
-        raise ConfigError(f"report frame lacks columns {missing}")
-    rows = frame[(frame["metric"] == metric) & (frame["selection"] == selection) & frame["value"].notna()]
-    if "status" in rows.columns:
-        rows = rows[rows["status"] == "ok"]
-    columns = ["series", parameter, "value", "n"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    other = _SWEEP_OTHER[parameter]
-    rows = rows.copy()
-    several_backbones = "backbone" in rows.columns and rows["backbone"].nunique() > 1
-    rows["series"] = rows["dataset"].astype(str)
-    if several_backbones:
-        rows["series"] += " (" + rows["backbone"].astype(str).str.replace("vit_", "", regex=False) + ")"
-    held = rows.groupby("series")[other].agg(lambda s: s.value_counts().index[0])
-    rows = rows[rows[other].to_numpy() == held.loc[rows["series"]].to_numpy()]
-    table = (
-        rows.groupby(["series", parameter], as_index=False)
-        .agg(value=("value", "mean"), n=("value", "size"))
-        .sort_values(["series", parameter], kind="stable")
-        .reset_index(drop=True)
-    )
-    return table[columns]
-
-
-def sweep_plots(
-    frame: pd.DataFrame, *, metric: str = "image_auroc", selection: str = "last"
-) -> dict[str, Image.Image]:
-    """Paper Fig. 4 style plots from a report frame: ``metric`` vs ``sigma`` and ``metric`` vs ``top_k`` (K).
-
-    A plot is made for a parameter only when some series has at least two values of it (see ``sweep_table`` for
-    which rows are used). Returns {"sigma": image, "top_k": image}, either key absent when there is no sweep.
-    """
-    plots: dict[str, Image.Image] = {}
-    names = {"sigma": "noise sigma", "top_k": "K (top-K patches in the image score)"}
-    for parameter in ("sigma", "top_k"):
-        table = sweep_table(frame, parameter, metric=metric, selection=selection)
-        if table.empty or table.groupby("series")[parameter].nunique().max() < 2:
-            continue
-        series = {
-            name: (part[parameter].astype(float).tolist(), part["value"].astype(float).tolist())
-            for name, part in table.groupby("series", sort=True)
-        }
-        plots[parameter] = line_plot(
-            series,
-            title=f"{metric} vs {parameter} ({selection}; mean over classes)",
-            xlabel=names[parameter],
-            ylabel=metric,
-        )
-    return plots
-
-
-def write_sweep_plots(
-    frame: pd.DataFrame,
-    out_dir: str | os.PathLike[str],
-    *,
-    metric: str = "image_auroc",
-    selection: str = "last",
-) -> dict[str, Path]:
-    """Save ``sweep_plots(frame)`` as ``<out_dir>/<metric>_vs_sigma.png`` and ``<metric>_vs_top_k.png``.
-
-    Returns:
-        parameter -> the file written (only for the sweeps the frame holds).
-    """
-    out = Path(out_dir)
-    written: dict[str, Path] = {}
-    for parameter, image in sweep_plots(frame, metric=metric, selection=selection).items():
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{metric}_vs_{parameter}.png"
-        image.save(path, format="PNG", optimize=True)
-        written[parameter] = path
-    return written
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """The image encoded as PNG."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def markdown_images(images: Mapping[str, Image.Image | bytes], *, heading: str | None = None) -> str:
-    """Markdown showing each image inline (PNG data URI) under its name, e.g. for a Prefect markdown artifact.
-
-    Args:
-        images: title -> a PIL image or PNG bytes.
-        heading: an optional first line (``# heading``).
-    """
-    lines = [f"# {heading}", ""] if heading else []
-    for name, image in images.items():
-        data = image if isinstance(image, bytes) else png_bytes(image)
-        encoded = base64.b64encode(data).decode("ascii")
-        lines += [f"## {name}", "", f"![{name}](data:image/png;base64,{encoded})", ""]
-    return "\n".join(lines)

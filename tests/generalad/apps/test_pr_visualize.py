@@ -11,19 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from generalad.apps.plots import line_plot, markdown_images, sweep_plots, sweep_table, write_sweep_plots
 from generalad.apps.visualize import (
     HEAT_COLORS,
     colorize,
-    line_plot,
     map_range,
-    markdown_images,
     mask_tile,
     overlay,
     resize_map,
     sample_grid,
-    sweep_plots,
-    sweep_table,
-    write_sweep_plots,
 )
 from generalad.errors import ConfigError
 from tests.fixtures.rows import row_config
