@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = loadavg()
     with scratch_dir("fast-paths") as tmp:
         aurocs = equivalence(tmp, seeds, epochs, args.size)
-        times = epoch_times(tmp, rounds, epochs=3)
+        times = epoch_times(tmp, rounds, epochs=2)
     print(
         f"\nimage AUROC, new vs old paths, {seeds} seeds, {epochs} epochs, {args.size} px; load {load_start}"
     )

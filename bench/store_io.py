@@ -27,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -162,6 +163,7 @@ def s3_reads(n_images: int, grid: int, rounds: int) -> dict[str, list[float]]:
 
     from storage.feature_store import FeatureStore
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     saved = fsspec.config.conf.get("s3")
@@ -170,8 +172,11 @@ def s3_reads(n_images: int, grid: int, rounds: int) -> dict[str, list[float]]:
         fsspec.config.conf["s3"] = {
             "key": "bench",
             "secret": "bench",
-            "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"},
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
         }
+        os.environ.setdefault(
+            "AWS_DEFAULT_REGION", "us-east-1"
+        )  # a region name would become a bucket constraint
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("bench-store-io")
         url = "s3://bench-store-io/store.zarr"
