@@ -130,7 +130,7 @@ def needs(args: argparse.Namespace, started: float) -> dict:
     load_start = loadavg()
     rows = []
     with scratch_dir("memory-needs") as tmp:
-        for grid in (16, 37):
+        for grid in args.needs_grids:
             url = synthetic_store(
                 str(tmp / f"g{grid}.zarr"), classes=("a", "b"), n_train=54, n_test_per_class=49, grid=grid
             )
@@ -138,6 +138,9 @@ def needs(args: argparse.Namespace, started: float) -> dict:
                 env = {"GENERALAD_KERNELS": "reference"} if kernels == "reference" else {}
                 run = run_child(url, "needs", args.threads, env)
                 rows.append({"px": grid * 14, "N": grid * grid, "kernels": kernels, **run})
+                print(
+                    f"{grid * 14} px, {kernels}: peak {run['peak_mb']:.0f} MB, baseline {run['baseline_mb']:.0f} MB"
+                )
     for row in rows:
         row["needed_mb"] = row["peak_mb"] - row["baseline_mb"]
     print(
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
     parser.add_argument("--needs", action="store_true", help="peak RSS above the baseline at 224 and 518 px")
+    parser.add_argument(
+        "--needs-grids", type=int, nargs="+", default=[16, 37], help="patch grid sides of --needs (16 37)"
+    )
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.mode, args.threads)
