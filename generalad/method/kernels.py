@@ -37,8 +37,12 @@ __all__ = [
 ]
 
 KERNELS_ENV = "GENERALAD_KERNELS"
-# scores per attention block: 2^18 float32 = 1 MiB, one core's L2 on the machines measured (AMD EPYC)
+# scores per attention block: 2^18 float32 = 1 MiB, one core's L2 on the machines measured (AMD EPYC). With
+# several torch threads every op of a block is a parallel region whose start and join cost more than the L2
+# misses of larger blocks (measured: 2-thread steps at N = 256 ran 1.5-3x slower with 1 MiB blocks than with
+# 8 MiB ones), so blocks grow by THREADED_BLOCK_FACTOR there
 BLOCK_ELEMENTS = 1 << 18
+THREADED_BLOCK_FACTOR = 8
 _reference: list[bool] = [os.environ.get(KERNELS_ENV, "").strip().lower() == "reference"]
 
 
@@ -121,13 +125,17 @@ class Dropout(nn.Dropout):
         return _DropoutFunction.apply(x, self.p)
 
 
+def _block_elements() -> int:
+    return BLOCK_ELEMENTS * (1 if torch.get_num_threads() == 1 else THREADED_BLOCK_FACTOR)
+
+
 def _blocks(groups: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
-    """(g0, g1, i0, i1) blocks of about BLOCK_ELEMENTS scores: whole heads when a head fits, else query rows."""
-    per_head = rows * cols
-    if per_head <= BLOCK_ELEMENTS:
-        step = max(1, BLOCK_ELEMENTS // per_head)
+    """(g0, g1, i0, i1) blocks of about `_block_elements` scores: whole heads when a head fits, else query rows."""
+    per_head, size = rows * cols, _block_elements()
+    if per_head <= size:
+        step = max(1, size // per_head)
         return [(g, min(g + step, groups), 0, rows) for g in range(0, groups, step)]
-    step = max(1, BLOCK_ELEMENTS // cols)
+    step = max(1, size // cols)
     return [(g, g + 1, i, min(i + step, rows)) for g in range(groups) for i in range(0, rows, step)]
 
 

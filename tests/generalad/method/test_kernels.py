@@ -25,7 +25,7 @@ def _masks_of_call(shape: tuple[int, int, int], p: float, seed: int) -> torch.Te
 
 @pytest.mark.parametrize("block_elements", [64, 4096, 1 << 18])  # query-row blocks, head groups, one block
 def test_dropout_attention_equals_the_explicit_formula_with_its_mask(monkeypatch, block_elements):
-    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(kernels, "_block_elements", lambda: block_elements)
     torch.manual_seed(0)
     groups, rows, dim, p = 6, 37, 8, 0.3
     q, k, v = (torch.randn(groups, rows, dim, dtype=torch.float64, requires_grad=True) for _ in range(3))
