@@ -16,7 +16,8 @@ Kernels: the parameters live in ``nn.MultiheadAttention`` (``attn.in_proj_*``, `
 models load either way, but the block computes attention itself: ``F.scaled_dot_product_attention`` (a fused
 kernel) in eval mode and on GPUs, and on the CPU in train mode `generalad.method.kernels.dropout_attention`,
 because torch's CPU kernels with dropout fall back to unfused math; the dropouts draw cheaper masks there too.
-``generalad.method.kernels.reference_kernels()`` (or ``GENERALAD_KERNELS=reference``) restores torch's modules.
+The kernels run by default with one torch thread only (``GENERALAD_KERNELS`` and `kernels.reference_kernels`
+choose; see `generalad.method.kernels` for when they pay).
 """
 
 from __future__ import annotations

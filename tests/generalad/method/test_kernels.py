@@ -77,7 +77,8 @@ def test_dropout_module_scales_and_masks_like_torch():
     x = torch.rand(1 << 20, dtype=torch.float64) + 0.5
     x.requires_grad_(True)
     layer = kernels.Dropout(0.1).train()
-    y = layer(x)
+    with kernels.reference_kernels(False):
+        y = layer(x)
     dropped = y == 0
     assert abs(dropped.double().mean().item() - 0.1) < 4 * math.sqrt(0.09 / x.numel())
     torch.testing.assert_close(y[~dropped], x[~dropped] / 0.9)
@@ -105,7 +106,8 @@ def test_discriminator_equals_torch_modules_without_dropout(train):
     ).double()
     model.train(train)
     x = torch.randn(3, 20, 16, dtype=torch.float64)
-    loss, grads = _loss_and_grads(model, x)
+    with kernels.reference_kernels(False):
+        loss, grads = _loss_and_grads(model, x)
     with kernels.reference_kernels():
         ref_loss, ref_grads = _loss_and_grads(model, x)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
@@ -116,29 +118,44 @@ def test_discriminator_equals_torch_modules_without_dropout(train):
 def test_discriminator_train_mode_is_seeded_and_switchable():
     model = Discriminator(16, 8, mlp_dim=32).train()
     x = torch.randn(4, 16, 8)
-    torch.manual_seed(3)
-    first = model(x)
-    torch.manual_seed(3)
-    assert torch.equal(first, model(x))
-    assert not kernels.use_reference()
-    with kernels.reference_kernels():
-        assert kernels.use_reference()
+    with kernels.reference_kernels(False):
+        assert not kernels.use_reference()
         torch.manual_seed(3)
-        assert not torch.equal(first, model(x))  # torch's own masks: another draw
-    assert not kernels.use_reference()
+        first = model(x)
+        torch.manual_seed(3)
+        assert torch.equal(first, model(x))
+        with kernels.reference_kernels():
+            assert kernels.use_reference()
+            torch.manual_seed(3)
+            assert not torch.equal(first, model(x))  # torch's own masks: another draw
+        assert not kernels.use_reference()
+
+
+def test_kernels_default_to_single_threaded_runs(monkeypatch):
+    monkeypatch.setattr(kernels, "_mode", ["auto"])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not kernels.use_reference()
+        torch.set_num_threads(2)
+        assert kernels.use_reference()
+        monkeypatch.setattr(kernels, "_mode", ["cpu"])
+        assert not kernels.use_reference()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_bf16_autocast_trains_through_the_kernels_close_to_fp32():
     torch.manual_seed(0)
     model = Discriminator(32, 16, mlp_dim=32, dropout=0.0).train()
     x = torch.randn(3, 32, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), kernels.reference_kernels(False):
         low = model(x)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), model(x), rtol=0.05, atol=0.05)
     layer = kernels.Dropout(0.5).train()
     q = torch.randn(2, 4, 40, 8, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), kernels.reference_kernels(False):
         out = kernels.dropout_attention(q.bfloat16(), q.bfloat16(), q.bfloat16(), 0.2)
         (out.float().sum() + layer(q).float().sum()).backward()
     assert out.dtype == torch.bfloat16 and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
