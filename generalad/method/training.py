@@ -232,6 +232,42 @@ def _check_rows(source: FeatureSource, train_rows: np.ndarray) -> np.ndarray:
     return rows
 
 
+def _train_epoch(
+    model, optimizer, source, batches, preset, device, epoch, epochs, step_args
+) -> dict[str, float]:
+    """One epoch's steps over `batches`; returns the summed loss and per-view losses. A non-finite loss is a
+    TrainingError naming the epoch and step."""
+    totals: dict[str, float] = {}
+    batch_iter = source.iter_batches(batches)
+    try:
+        for step, (tokens, cls_attn) in enumerate(batch_iter, start=1):
+            loss, parts = training_step(
+                model,
+                optimizer,
+                tokens.to(device, torch.float32, non_blocking=True),  # a source may keep fp16
+                cls_attn.to(device, torch.float32, non_blocking=True),
+                views=preset.views,
+                sigma=preset.sigma,
+                exclude_fixed_points=preset.exclude_fixed_points,
+                **step_args,
+            )
+            value = loss.item()
+            if not math.isfinite(value):
+                detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+                raise TrainingError(
+                    f"non-finite loss {value} at epoch {epoch}/{epochs}, step {step}/{len(batches)} "
+                    f"({detail}); check the features for NaN/inf"
+                )
+            totals["loss"] = totals.get("loss", 0.0) + value
+            for name, part in parts.items():
+                totals[f"loss_{name}"] = totals.get(f"loss_{name}", 0.0) + part.item()
+    finally:
+        close = getattr(batch_iter, "close", None)
+        if close is not None:
+            close()
+    return totals
+
+
 def train_discriminator(
     source: FeatureSource,
     train_rows: np.ndarray,
@@ -289,36 +325,8 @@ def train_discriminator(
             batches = epoch_batches(
                 rows, batch_size=batch_size, epoch_subset=preset.epoch_subset, rng=order_rng
             )
-            totals: dict[str, float] = {}
-            batch_iter = source.iter_batches(batches)
-            try:
-                for step, (tokens, cls_attn) in enumerate(batch_iter, start=1):
-                    loss, parts = training_step(
-                        model,
-                        optimizer,
-                        tokens.to(device, torch.float32, non_blocking=True),  # a source may keep fp16
-                        cls_attn.to(device, torch.float32, non_blocking=True),
-                        views=preset.views,
-                        generator=generator,
-                        sigma=preset.sigma,
-                        exclude_fixed_points=preset.exclude_fixed_points,
-                        precision=precision,
-                        scaler=scaler,
-                    )
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-                        raise TrainingError(
-                            f"non-finite loss {value} at epoch {epoch}/{epochs}, step {step}/{len(batches)} "
-                            f"({detail}); check the features for NaN/inf"
-                        )
-                    totals["loss"] = totals.get("loss", 0.0) + value
-                    for name, part in parts.items():
-                        totals[f"loss_{name}"] = totals.get(f"loss_{name}", 0.0) + part.item()
-            finally:
-                close = getattr(batch_iter, "close", None)
-                if close is not None:
-                    close()
+            step_args = {"generator": generator, "precision": precision, "scaler": scaler}
+            totals = _train_epoch(model, optimizer, source, batches, preset, device, epoch, epochs, step_args)
             scheduler.step()
             stats: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": len(batches)}
             stats |= {key: total / max(len(batches), 1) for key, total in totals.items()}
