@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prefect import flow, get_run_logger, task
 
 from flows.retry import transient_io_only
+from flows.suites import Suite, SuiteEntry
 from generalad.backbone import BackboneSpec, resolve_weights
 from generalad.data import get_dataset
 from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE, default_store_root
+from generalad.errors import WeightsError
 from storage.extraction import extract_features
 
-__all__ = ["extract_store", "extract_features_flow"]
+__all__ = ["extract_store", "extract_features_flow", "suite_weights"]
+
+
+def suite_weights(suite: Suite, entries: Iterable[SuiteEntry], weights: str) -> dict[SuiteEntry, str]:
+    """The backbone weights of each entry, resolved before any work.
+
+    `auto` (the entry's own weights, else `weights`) becomes `hub` when the pretrained weights are cached or
+    reachable. Only an offline suite (quickstart, smoke) falls back to a random backbone; a paper suite whose
+    pretrained weights cannot be found raises at once, naming how to provide them, so that a scheduled run never
+    reports numbers of a random backbone unless `weights=random` was asked for.
+
+    Raises:
+        WeightsError: naming every backbone whose pretrained weights are missing.
+    """
+    out: dict[SuiteEntry, str] = {}
+    found: dict[str, str] = {}  # backbone -> what `auto` resolved to (one hub probe per backbone)
+    for entry in entries:
+        asked = entry.weights or weights
+        if asked != "auto":
+            out[entry] = asked
+            continue
+        if entry.backbone not in found:
+            found[entry.backbone] = resolve_weights("auto", entry.backbone)
+        out[entry] = found[entry.backbone]
+    missing = sorted(b for b, w in found.items() if w != "hub")
+    if missing and not suite.offline:
+        raise WeightsError(
+            f"suite {suite.name!r} needs the pretrained weights of {', '.join(missing)}: they are neither in the "
+            "local Hugging Face cache nor reachable, and a paper suite never falls back to a random backbone. "
+            "Provide them with weights=FILE (a .safetensors or .pth of the timm model; `generalad reproduce "
+            "--weights FILE`, or `--param weights=FILE` for the deployment), or ask for a random backbone "
+            "explicitly with weights=random."
+        )
+    return out
 
 
 @task(name="extract-store", retries=2, retry_delay_seconds=5, retry_condition_fn=transient_io_only)

@@ -7,12 +7,13 @@ Sequential in the flow's process on a CPU or one GPU; with several GPUs, one thr
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from flows.extract import extract_store
 from flows.plan import StoreTarget, suite_targets
+from flows.progress import Progress
 from flows.runtime import gpu_lanes
 from flows.suites import Suite
 from flows.train import ClassJob
@@ -42,15 +43,21 @@ def extract_all(
     device: str = "auto",
     precision: str = "fp32",
     gpu_count: int | None = None,
+    resolve: Callable[[str, str], str] = resolve_weights,
 ) -> Extraction:
     """Extract (or find complete) every store of the suite's available datasets, each store once; one failed
-    entry or store is recorded and the rest goes on."""
+    entry or store is recorded and the rest goes on. `resolve(weights, backbone)` resolves "auto". A progress
+    artifact counts the stores done."""
     out = Extraction()
-    targets, out.failures = suite_targets(suite, roots, missing, weights, resolve_weights)
+    targets, out.failures = suite_targets(suite, roots, missing, weights, resolve)
     unique: dict[tuple, StoreTarget] = {}
     for key, target, _ in targets:
         unique.setdefault(key, target)
-    built = _extract_on_lanes(unique, store, device, precision, gpu_lanes(device, gpu_count))
+    progress = Progress.start(
+        "extraction-progress", len(unique), "feature stores extracted or found complete"
+    )
+    lanes = gpu_lanes(device, gpu_count)
+    built = _extract_on_lanes(unique, store, device, precision, lanes, progress)
     for key, target in unique.items():
         if "error" in built[key]:
             out.failures.append(
@@ -65,7 +72,9 @@ def extract_all(
     return out
 
 
-def _extract_one(key: tuple, target: StoreTarget, store: str, device: str, precision: str) -> dict:
+def _extract_one(
+    key: tuple, target: StoreTarget, store: str, device: str, precision: str, progress: Progress
+) -> dict:
     dataset, category, backbone, weights, image_size, layers, _ = key
     try:
         return extract_store(
@@ -75,20 +84,27 @@ def _extract_one(key: tuple, target: StoreTarget, store: str, device: str, preci
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
         return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        progress.step()
 
 
 def _extract_on_lanes(
-    unique: Mapping[tuple, StoreTarget], store: str, device: str, precision: str, lanes: int
+    unique: Mapping[tuple, StoreTarget],
+    store: str,
+    device: str,
+    precision: str,
+    lanes: int,
+    progress: Progress,
 ) -> dict[tuple, dict]:
     """Each store's result (or {"error"}): in order here, or with several GPUs one thread per GPU, store i on
     lane i % lanes (`cuda:<lane>`), each thread in a copy of this flow's context so its tasks log to the run."""
     items = list(unique.items())
     if lanes <= 1:
-        return {key: _extract_one(key, target, store, device, precision) for key, target in items}
+        return {key: _extract_one(key, target, store, device, precision, progress) for key, target in items}
 
     def lane(index: int) -> dict[tuple, dict]:
         return {
-            key: _extract_one(key, target, store, f"cuda:{index}", precision)
+            key: _extract_one(key, target, store, f"cuda:{index}", precision, progress)
             for key, target in items[index::lanes]
         }
 

@@ -3,11 +3,14 @@
 `reproduce_all` reads top to bottom as its five steps, each a helper below it:
 (1) datasets: resolve every root the suite needs; a missing one is reported with its how-to-get line and the
     rest of the suite still runs;
-(2) extraction: every store the suite needs, once each, in this process before any training (a complete store
+(2) extraction: the backbone weights of every entry resolved first (a paper suite without its pretrained weights
+    fails here, before any work), then every store the suite needs, once each, in this process before any training (a complete store
     costs nothing; extraction never shares the cores with training); sequentially on a CPU or one GPU, on one
     lane per GPU at once when several are visible;
-(3) training: one task per (class, seed, shots) fanned out on Dask (one worker per core, or per GPU with each
-    task pinned to its worker's GPU); every task's outcome is collected, a failure included, without raising;
+(3) training: one task per (class, seed, shots); a class whose result is in the class-result cache
+    (`flows.class_cache`) is read back in this process, the others are fanned out on Dask (one worker per core,
+    or per GPU with each task pinned to its worker's GPU; no cluster when every class is cached); every task's
+    outcome is collected, a failure included, without raising;
 (4) reports: every row, one status="failed" row per failed class task included, to the Parquet report store,
     plus Prefect artifacts;
 (5) the flow ends Failed with `SuiteFailed`, naming every failed dataset, extraction and class task (Prefect 3
@@ -19,29 +22,29 @@ that would take on this machine's device.
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
+from flows.class_cache import ClassCache, default_cache_url
+from flows.extract import suite_weights
 from flows.extract_suite import extract_all as _extract_all
+from flows.fanout import Outcome, is_reused, train_all, train_classes
 from flows.plan_build import default_data_home, plan_suite, resolve_datasets
 from flows.plan_report import render_plan
-from flows.runtime import api_for_subprocesses, new_run_id, plan_dask
+from flows.runtime import new_run_id
 from flows.suites import Suite, get_suite
-from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
+from flows.train import ClassResult, failed_rows_of
 from generalad.apps.plots import markdown_images
 from generalad.apps.suite_tables import fig4_plots, render_suite
+from generalad.backbone import resolve_weights
 from generalad.defaults import default_reports_root, default_store_root
 from storage.report_schema import redact
 from storage.reports import ReportStore
 
 __all__ = ["reproduce_all", "train_classes", "new_run_id", "default_data_home", "SuiteFailed"]
-
-Outcome = tuple[ClassJob, ClassResult | str]  # a job and its rows, or the error that stopped it
 
 
 class SuiteFailed(RuntimeError):
@@ -70,6 +73,9 @@ def reproduce_all(
     precision: str = "fp32",
     extract_precision: str = "fp32",
     plan_only: bool = False,
+    class_cache: str | None = None,
+    retrain: bool = False,
+    task_timeout_s: float | None = None,
 ) -> dict:
     """Run a named suite end to end and write its Parquet reports.
 
@@ -78,7 +84,8 @@ def reproduce_all(
         reports: report store URL (local path or fsspec URL); default `$GENERALAD_REPORTS`, else `./reports`.
         store: feature store root (local path or fsspec URL); default `$GENERALAD_STORE`, else `./stores`.
         weights: backbone weights for entries that do not fix them: "auto" (pretrained when the hub weights are
-            cached or reachable, else an explicit random init), "hub", "random", or a weights file.
+            cached or reachable; else a random init for the offline suites quickstart and smoke, and a failure
+            before any work for the paper suites), "hub", "random", or a weights file.
         config: dataset-roots TOML (default `generalad.toml` / `$GENERALAD_CONFIG`; `GENERALAD_DATA_<NAME>`).
         dask_address: an existing Dask scheduler (default `$DASK_SCHEDULER_ADDRESS`, else a LocalCluster).
         n_workers: LocalCluster size (default: one per task up to the core count).
@@ -89,16 +96,22 @@ def reproduce_all(
         extract_precision: the backbone's precision (part of the store key unless fp32).
         plan_only: only plan: count the work, calibrate and estimate the wall time; nothing is extracted,
             trained or written.
+        class_cache: where class results are persisted and read back (local folder or fsspec URL; default
+            `<store>/_class-results`).
+        retrain: train every class again (and overwrite its cached result) instead of reading it back.
+        task_timeout_s: the timeout of each class task (default: 30x its estimate, at least 30 minutes).
 
     Returns:
-        {"run_id", "reports", "table" (markdown), "failures" (empty), "tasks", "extractions" (one per store:
-        url, images_extracted, seconds, reused)}; with `plan_only`, {"plan" (text), "estimate" (seconds by
+        {"run_id", "reports", "table" (markdown), "failures" (empty), "tasks", "trained" (classes computed),
+        "reused" (classes read back from the cache), "seconds" (the flow's own wall time), "extractions" (one
+        per store: url, images_extracted, seconds, reused)}; with `plan_only`, {"plan" (text), "estimate" (seconds by
         phase), "totals" (counts)}.
 
     Raises:
         SuiteFailed: naming every missing dataset, failed extraction and failed class task, after the rows of
             everything that ran were written.
     """
+    started = time.perf_counter()
     logger = get_run_logger()
     the_suite = get_suite(suite)
     reports, store = reports or default_reports_root(), store or default_store_root()
@@ -119,7 +132,13 @@ def reproduce_all(
         logger.warning("missing dataset, skipped: %s", message)
     failures = [f"dataset {message}" for message in missing.values()]
 
-    # 2. extraction
+    # 2. extraction (the weights first: a missing pretrained backbone fails the suite before any work)
+    resolved = {
+        (e.weights or weights, e.backbone): w
+        for e, w in suite_weights(
+            the_suite, [e for e in the_suite.entries if e.dataset not in missing], weights
+        ).items()
+    }
     extraction = _extract_all(
         the_suite,
         roots,
@@ -129,13 +148,17 @@ def reproduce_all(
         eval_every_epoch=eval_every_epoch,
         device=device,
         precision=extract_precision,
+        resolve=lambda asked, backbone: resolved.get((asked, backbone)) or resolve_weights(asked, backbone),
     )
     failures += extraction.failures
 
     # 3. training
-    outcomes = _train_all(
+    cache = ClassCache(class_cache or default_cache_url(store), refresh=retrain)
+    outcomes = train_all(
         extraction.jobs,
         run_id,
+        cache=cache,
+        task_timeout_s=task_timeout_s,
         dask_address=dask_address,
         n_workers=n_workers,
         device=device,
@@ -157,8 +180,18 @@ def reproduce_all(
         "table": table_md,
         "failures": failures,
         "tasks": len(extraction.jobs),
+        "trained": sum(1 for _, o in outcomes if isinstance(o, ClassResult) and not is_reused(o)),
+        "reused": sum(1 for _, o in outcomes if isinstance(o, ClassResult) and is_reused(o)),
         "extractions": extraction.stores,
+        "seconds": time.perf_counter() - started,
     }
+    logger.info(
+        "%d class tasks: %d trained, %d read back from %s",
+        summary["tasks"],
+        summary["trained"],
+        summary["reused"],
+        cache.url,
+    )
     if failures:
         raise SuiteFailed(
             f"{len(failures)} failure(s) in suite {the_suite.name!r}:\n- " + "\n- ".join(failures), summary
@@ -178,90 +211,6 @@ def _resolve_datasets(suite: Suite, config: str | None) -> tuple[dict[str, str],
 
 
 # -- 3. training -------------------------------------------------------------------------------------------------
-
-
-def _train_all(
-    jobs: list[ClassJob],
-    run_id: str,
-    *,
-    dask_address: str | None,
-    n_workers: int | None,
-    device: str = "auto",
-    precision: str = "fp32",
-) -> list[Outcome]:
-    """Every job's outcome, in order; a cluster that fails as a whole fails every job with its error."""
-    if not jobs:
-        return []
-    plan = plan_dask(len(jobs), address=dask_address, n_workers=n_workers, device=device)
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster chatter drowns the results
-    get_run_logger().info(
-        "training %d class tasks on %s",
-        len(jobs),
-        plan.address or f"a LocalCluster of {plan.n_workers} (torch threads {plan.torch_threads} each)",
-    )
-    if plan.gpus:
-        get_run_logger().info("one GPU per worker: %d GPU(s), each task pinned to its worker's", plan.gpus)
-    runner = DaskTaskRunner(**plan.runner_kwargs())
-    try:
-        with api_for_subprocesses():  # the workers report to this flow's server, never start their own
-            return train_classes.with_options(task_runner=runner)(
-                jobs,
-                run_id,
-                plan.torch_threads,
-                _this_flow_run_id(),
-                device=device,
-                precision=precision,
-                gpus=plan.gpus,
-            )
-    except Exception as exc:  # noqa: BLE001 - e.g. an unreachable scheduler: every job is named as failed
-        error = f"the Dask run failed: {type(exc).__name__}: {exc}"
-        return [(job, error) for job in jobs]
-
-
-@flow(name="train-classes")
-def train_classes(
-    jobs: list[ClassJob],
-    run_id: str,
-    torch_threads: int | None,
-    flow_run_id: str | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    gpus: int = 0,
-) -> list[Outcome]:
-    """Submit every class job to the flow's task runner (Dask); collect every result or error, never raising.
-
-    `flow_run_id`: the run the report rows name (the calling `reproduce-all` run). `gpus` > 0: each task asks
-    for one `GPU` resource (one task per GPU worker at a time) and runs on its worker's GPU.
-    """
-    import dask
-
-    annotate = dask.annotate(resources={"GPU": 1}) if gpus else contextlib.nullcontext()
-    with annotate:
-        futures = [
-            train_class.submit(
-                job,
-                run_id=run_id,
-                torch_threads=torch_threads,
-                device=device,
-                precision=precision,
-                gpus=gpus,
-                flow_run_id=flow_run_id,
-            )
-            for job in jobs
-        ]
-    outcomes: list[Outcome] = []
-    for job, future in zip(jobs, futures, strict=True):
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            outcomes.append((job, future.result()))
-            continue
-        error = state.result(raise_on_failure=False)
-        if isinstance(error, BaseException):
-            outcomes.append((job, f"{type(error).__name__}: {error}"))
-        else:
-            outcomes.append((job, f"{state.name}: {state.message}"))
-    return outcomes
 
 
 def _this_flow_run_id() -> str | None:

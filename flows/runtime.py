@@ -1,5 +1,6 @@
 """The embedded defaults a flow runs on when nothing is configured: one local Prefect server for the whole run
-(bound to 127.0.0.1; Dask workers point at it instead of each starting a temporary server of their own), and a
+(bound to 127.0.0.1, on Prefect's own home so its database keeps the history; Dask workers point at it instead of
+each starting a temporary server of their own), and a
 local Dask cluster sized so that workers x torch threads does not oversubscribe the cores, or, when the tasks
 run on CUDA, one worker per visible GPU, each holding one `GPU` resource and its tasks pinned to its device."""
 
@@ -23,6 +24,7 @@ from pathlib import Path
 __all__ = [
     "local_prefect_server",
     "ensure_prefect_api",
+    "PrefectApi",
     "api_for_subprocesses",
     "DaskPlan",
     "plan_dask",
@@ -111,19 +113,50 @@ def local_prefect_server(
             tmp.cleanup()
 
 
+@dataclass(frozen=True)
+class PrefectApi:
+    """The Prefect API a command talks to: `url`, and for the embedded server the PREFECT_HOME whose database keeps
+    the run history and artifacts (None for a configured server)."""
+
+    url: str
+    home: Path | None = None
+
+    def open_ui_hint(self) -> str:
+        """How to look at the runs afterwards (printed as the command's last lines)."""
+        if self.home is None:
+            return f"Runs and artifacts: the Prefect UI of {self.url.removesuffix('/api')}"
+        return (
+            f"Runs and artifacts are kept in {self.home / 'prefect.db'}; to browse them, run\n"
+            f"  PREFECT_HOME={self.home} prefect server start\n"
+            "and open http://127.0.0.1:4200"
+        )
+
+
 @contextlib.contextmanager
-def ensure_prefect_api() -> Iterator[str | None]:
-    """Use the configured Prefect API (PREFECT_API_URL) if there is one; else run a local server for the block."""
-    configured = os.environ.get("PREFECT_API_URL")
+def ensure_prefect_api() -> Iterator[PrefectApi]:
+    """The Prefect API as Prefect resolves it (PREFECT_API_URL from the environment, else the active profile, as
+    `prefect config set PREFECT_API_URL=...` writes it); with none, a local server for the block on Prefect's
+    own home (PREFECT_HOME, default ~/.prefect), whose database keeps the runs and artifacts afterwards.
+
+    Inside the block, this process (through Prefect's settings) and processes started from it (through
+    PREFECT_API_URL in the environment: Dask workers) talk to that API.
+    """
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    configured = settings.api.url
     if configured:
-        yield configured
+        yield PrefectApi(str(configured).rstrip("/"))
         return
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    with local_prefect_server() as api_url:
+    home = Path(settings.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    with local_prefect_server(home, log=home / "generalad-server.log") as api_url:
         os.environ["PREFECT_API_URL"] = api_url  # inherited by Dask worker processes started after this
         try:
-            yield api_url
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                yield PrefectApi(api_url, home)
         finally:
             os.environ.pop("PREFECT_API_URL", None)
 

@@ -181,11 +181,16 @@ class SuiteEntry:
 
 @dataclass(frozen=True)
 class Suite:
-    """A named list of entries, and what it reproduces."""
+    """A named list of entries, and what it reproduces.
+
+    `offline`: the suite needs nothing from the network (quickstart, smoke): with `weights=auto` and no
+    pretrained weights at hand it runs on a random backbone instead of failing.
+    """
 
     name: str
     description: str
     entries: tuple[SuiteEntry, ...] = field(default_factory=tuple)
+    offline: bool = False
 
     def datasets(self) -> list[str]:
         """The datasets the suite reads, in first-use order."""
@@ -281,6 +286,7 @@ SUITES: Mapping[str, Suite] = MappingProxyType(
                     pixel_metrics=True,
                 ),
             ),
+            offline=True,
         ),
         "smoke": Suite(
             "smoke",
@@ -296,6 +302,7 @@ SUITES: Mapping[str, Suite] = MappingProxyType(
                     pixel_metrics=True,
                 ),
             ),
+            offline=True,
         ),
     }
 )

@@ -7,7 +7,9 @@ existing store and writes its rows to the report store, a failure included.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -20,13 +22,32 @@ from flows.runtime import worker_device
 from generalad.apps.train_job import resolve_preset, train_from_store
 from generalad.defaults import default_reports_root
 from generalad.devices import device_label, resolve_device
-from generalad.errors import GeneralADError
+from generalad.errors import ConfigError, GeneralADError
 from storage.feature_store import FeatureStore
 from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
 from storage.report_schema import MetricRow
 from storage.reports import ReportStore
 
-__all__ = ["ClassJob", "ClassResult", "ClassFailed", "train_class", "train_class_flow", "failed_rows_of"]
+__all__ = [
+    "ClassJob",
+    "ClassResult",
+    "ClassFailed",
+    "train_class",
+    "train_class_flow",
+    "failed_rows_of",
+    "as_reused",
+    "estimate_train_seconds",
+    "timeout_for",
+]
+
+# Per image and view, one training step's forward + backward at N=1369 patches, E=384, one thread (README
+# Performance: 51 s per batch of 16 with 3 views); evaluation scores one view forward (about a third of that).
+_TRAIN_S_PER_IMAGE_VIEW = 1.1
+_EVAL_S_PER_IMAGE = 0.4
+# A timeout only has to catch a hung task, never a slow one: a quickstart class took 5.4x its estimate on 2 cores
+# at load average 15-20 (about 8 processes per core).
+_TIMEOUT_FACTOR = 30.0
+_TIMEOUT_FLOOR_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,32 @@ class ClassResult:
 
     metrics: list[MetricRow]
     scores: pa.Table
+
+
+def as_reused(result: ClassResult, job: ClassJob, *, run_id: str, flow_run_id: str | None) -> ClassResult:
+    """A cached class result as rows of this run and `job`: same values, `reused` set, `computed_by_run_id` kept
+    pointing at the run that computed them, and this job's labels (suite, variant: they are not part of the cache
+    key, so table4 reuses what table1 computed with the same settings)."""
+    now = datetime.now(UTC)
+    metrics = [
+        dataclasses.replace(
+            row,
+            run_id=run_id,
+            flow_run_id=flow_run_id,
+            created_at=now,
+            suite=job.suite,
+            variant=job.variant,
+            reused=True,
+            computed_by_run_id=row.computed_by_run_id or row.run_id,
+        )
+        for row in result.metrics
+    ]
+    scores = result.scores
+    column = scores.schema.get_field_index("run_id")
+    scores = scores.set_column(
+        column, scores.schema.field(column), pa.array([run_id] * len(scores), pa.string())
+    )
+    return ClassResult(metrics, scores)
 
 
 class ClassFailed(RuntimeError):
@@ -132,6 +179,32 @@ def train_class(
         metric_rows_of(result, context, num_patches=store.num_patches),
         score_table_of(result, context, store.manifest["image_id"].to_numpy()),
     )
+
+
+def estimate_train_seconds(job: ClassJob) -> float:
+    """Seconds one thread needs to train and evaluate `job`, from the store's sizes and the preset (a rough
+    model: cost linear in the views, the images and the embedding width, and in N times (1 + N / 1369) for the
+    MLP plus the attention)."""
+    store = FeatureStore.open(job.store_url)
+    preset = resolve_preset(store, None, job.overrides)
+    split = store.split(job.class_name)
+    n_train = len(split.train_rows) if job.shots is None else min(job.shots, len(split.train_rows))
+    per_epoch = min(n_train, preset.epoch_subset or n_train)
+    n_test = len(split.test_rows)
+    n = store.num_patches
+    scale = (n / 1369) * (1 + n / 1369) / 2 * (store.embed_dim / 384)
+    evals = preset.epochs if job.eval_every_epoch else 1
+    train = preset.epochs * per_epoch * len(preset.views) * _TRAIN_S_PER_IMAGE_VIEW
+    return scale * (train + evals * n_test * _EVAL_S_PER_IMAGE)
+
+
+def timeout_for(job: ClassJob, timeout_s: float | None = None) -> float:
+    """The class task's timeout: `timeout_s` when given, else 30x the estimate, at least 30 minutes."""
+    if timeout_s is not None:
+        if not timeout_s > 0:
+            raise ConfigError(f"task timeout must be > 0 seconds, got {timeout_s!r}")
+        return float(timeout_s)
+    return max(_TIMEOUT_FLOOR_S, _TIMEOUT_FACTOR * estimate_train_seconds(job))
 
 
 def failed_rows_of(job: ClassJob, run_id: str, error: str, flow_run_id: str | None = None) -> list[MetricRow]:

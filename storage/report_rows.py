@@ -108,6 +108,9 @@ class RunContext:
             "variant": self.variant,
             "device": self.device,
             "extract_seconds": self.extract_seconds,
+            # computed by this run; a rerun that reads the class result back from the cache says otherwise
+            "reused": False,
+            "computed_by_run_id": self.run_id,
         }
 
 

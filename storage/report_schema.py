@@ -20,8 +20,8 @@ Example:
     ...                 metric="image_auroc", value=0.993)
     >>> table = metric_table([row])
 
-Reading: files of schema version 1 (no suite, variant or preset columns beyond views/epochs/lr/top_k/sigma) stay
-readable; their missing columns read as null.
+Reading: files of schema version 1 (no suite, variant or preset columns beyond views/epochs/lr/top_k/sigma) and 2
+(no reused / computed_by_run_id) stay readable; their missing columns read as null.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ __all__ = [
     "check_name",
 ]
 
-REPORT_SCHEMA_VERSION = "2"
+REPORT_SCHEMA_VERSION = "3"  # 2: suite, variant and the whole preset; 3: reused, computed_by_run_id
 
 Selection = Literal["last", "best_on_test", "best_on_test_pixel"]
 Status = Literal["ok", "failed"]
@@ -168,6 +168,9 @@ METRIC_SCHEMA = pa.schema(
         # outcome
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        # provenance of the value: read back from the class-result cache, and the run that computed it
+        pa.field("reused", pa.bool_()),  # always written; null only in files older than version 3
+        pa.field("computed_by_run_id", pa.string()),
     ],
     metadata=_METADATA,
 )
@@ -364,7 +367,9 @@ class MetricRow:
     seed, feature_dtype, split_protocol, class_name, metric, and value (None only when status is "failed").
     Left as None, `generalad_version`/`torch_version`/`timm_version`/`git_sha` are read from this
     environment, `pretrained` follows `weights` (False for `random:`), `metric_impl` follows `metric`, and
-    `config_hash` hashes the configuration columns. Invalid values raise ValueError naming the field.
+    `config_hash` hashes the configuration columns. `reused` says the value was read back from the class-result
+    cache instead of computed by this run; `computed_by_run_id` names the run that computed it (this run's id when
+    left as None). Invalid values raise ValueError naming the field.
     """
 
     # identity
@@ -427,6 +432,9 @@ class MetricRow:
     # outcome
     status: str = "ok"
     error: str | None = None
+    # provenance
+    reused: bool = False
+    computed_by_run_id: str | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -518,6 +526,11 @@ class MetricRow:
                 raise ValueError("a failed row needs an error message")
         if self.error is not None:
             put("error", redact(self.error)[:_MAX_ERROR_CHARS])
+        if not isinstance(self.reused, bool):
+            raise ValueError(f"reused must be a bool, got {self.reused!r}")
+        if self.computed_by_run_id is None:
+            put("computed_by_run_id", self.run_id)
+        check_name("computed_by_run_id", self.computed_by_run_id)
         if self.config_hash is None:
             put("config_hash", config_hash({c: getattr(self, c) for c in _CONFIG_COLUMNS}))
 

@@ -25,7 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     reproduce.add_argument(
         "--weights",
         default="auto",
-        help="'auto' (pretrained if available, else an explicit random init), 'hub', 'random', or a file",
+        help="'auto' (pretrained if available; else random for quickstart/smoke, an error for paper suites), "
+        "'hub', 'random', or a file",
     )
     reproduce.add_argument("--config", default=None, help="dataset roots TOML (default ./generalad.toml)")
     reproduce.add_argument(
@@ -48,6 +49,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print what the suite would do and an estimated wall time on this device (a short calibration); "
         "extract and train nothing, no Prefect server",
+    )
+    reproduce.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train every class again instead of reading cached class results back (the cache is rewritten)",
+    )
+    reproduce.add_argument(
+        "--task-timeout",
+        type=float,
+        default=None,
+        help="seconds per class task (default: 30x its estimate, at least 1800)",
     )
 
     report = sub.add_parser("report", help="render the paper-style table from a report store")
@@ -94,11 +106,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.plan:
         return _cmd_plan(args)
-    with ensure_prefect_api() as api_url:
-        # imported only now: Prefect reads PREFECT_API_URL when it is first imported
+    with ensure_prefect_api() as api:
         from flows.reproduce import SuiteFailed, reproduce_all
 
-        print(f"Prefect API: {api_url}", file=sys.stderr)
+        print(f"Prefect API: {api.url}", file=sys.stderr)
         try:
             summary = reproduce_all(
                 suite=args.suite,
@@ -113,19 +124,27 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 device=args.device,
                 precision=args.precision,
                 extract_precision=args.extract_precision,
+                retrain=args.retrain,
+                task_timeout_s=args.task_timeout,
             )
         except SuiteFailed as exc:
             if exc.summary.get("table"):
                 print(exc.summary["table"])  # the classes that did run
             print(f"error: {exc}", file=sys.stderr)
             print(f"rows of the tasks that ran are in {args.reports}", file=sys.stderr)
+            print(api.open_ui_hint(), file=sys.stderr)
             return 1
         finally:
             _flush_prefect_logs()
     print(summary["table"])
     print(
-        f"\nreports: {summary['reports']} (run id {summary['run_id']}); `generalad report --reports {args.reports}`"
+        f"\n{summary['tasks']} class tasks: {summary['trained']} trained, {summary['reused']} read back from the "
+        f"class-result cache ({summary['seconds']:.1f} s in the flow)"
     )
+    print(
+        f"reports: {summary['reports']} (run id {summary['run_id']}); `generalad report --reports {args.reports}`"
+    )
+    print(api.open_ui_hint())
     return 0
 
 

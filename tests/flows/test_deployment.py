@@ -2,7 +2,9 @@
 
 Against the session's server (127.0.0.1, free port): create the process work pool, `prefect --no-prompt deploy
 --all` from the project root, `prefect deployment run reproduce-all/reproduce-all --param ... --watch`, and a
-`prefect worker start --run-once` that runs it in a fresh process; then read the reports that run wrote.
+`prefect worker start --run-once` that runs it in a fresh process; then read the reports that run wrote. Then the
+one-terminal way: `python -m flows.serve` serves the same deployment, and a second run on the same store trains
+nothing (its rows are the first run's values, marked reused).
 Every process started here runs in its own process group and is stopped in `finally`, failure or not.
 """
 
@@ -63,11 +65,14 @@ def _prefect(env: dict[str, str], *args: str, timeout: float = 180) -> str:
 
 
 @contextlib.contextmanager
-def _background(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.Popen]:
-    """`prefect ARGS` in the background, in its own process group; stopped (group and all) on exit."""
+def _background(
+    env: dict[str, str], log: Path, *args: str, module: str = "prefect"
+) -> Iterator[subprocess.Popen]:
+    """`python -m MODULE ARGS` (`prefect` by default) in the background, in its own process group; stopped
+    (group and all) on exit."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", *args],
+            [sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -128,6 +133,7 @@ def test_deploy_and_run_reproduce_all(cli_env, tmp_path):
     assert deployment.parameters["suite"] == "quickstart"
     [schedule] = deployment.schedules
     assert schedule.active and schedule.schedule.cron == "0 3 * * 1"
+    assert deployment.global_concurrency_limit.limit == 1  # schedule + manual run: never two at once
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
     ]
@@ -175,3 +181,53 @@ def test_deploy_and_run_reproduce_all(cli_env, tmp_path):
     assert {r["flow_run_id"] for r in rows} == {flow_run_id}
     assert all(0.0 <= r["value"] <= 1.0 for r in rows)
     assert list(store.glob("quickstart-brick/*.zarr"))
+    first_values = _auroc_by_class(reports, flow_run_id)
+
+    # one terminal: `python -m flows.serve` serves the same deployment; a rerun on the same store trains nothing
+    serve_log = tmp_path / "serve.log"
+    with _background(cli_env, serve_log, module="flows.serve") as served:
+        _wait_for_text(serve_log, served, "being served")
+        assert _read_deployment("reproduce-all/reproduce-all").global_concurrency_limit.limit == 1
+        rerun = _prefect(
+            cli_env,
+            "deployment",
+            "run",
+            "reproduce-all/reproduce-all",
+            "--param",
+            "suite=smoke",
+            "--param",
+            f"reports={reports}",
+            "--param",
+            f"store={store}",
+            "--watch",
+            "--watch-timeout",
+            "300",
+            timeout=330,
+        )
+        assert "Completed" in rerun, f"{rerun}\n--- serve ---\n{serve_log.read_text(errors='replace')}"
+    rerun_id = _UUID.search(rerun).group(1)
+    rows = _auroc_rows(reports, rerun_id)
+    assert rows and all(r["reused"] for r in rows)
+    assert {(r["class_name"], r["selection"]): r["value"] for r in rows} == first_values
+    assert {r["computed_by_run_id"] for r in rows} == {r["run_id"] for r in _auroc_rows(reports, flow_run_id)}
+
+
+def _auroc_rows(reports: Path, flow_run_id: str) -> list[dict]:
+    table = ds.dataset(reports / "metrics", format="parquet", partitioning="hive").to_table(
+        filter=(pc.field("metric") == "image_auroc") & (pc.field("flow_run_id") == flow_run_id)
+    )
+    return table.to_pylist()
+
+
+def _auroc_by_class(reports: Path, flow_run_id: str) -> dict[str, float]:
+    return {(r["class_name"], r["selection"]): r["value"] for r in _auroc_rows(reports, flow_run_id)}
+
+
+def _wait_for_text(log: Path, process: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        assert process.poll() is None, f"exited early:\n{log.read_text(errors='replace')}"
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not printed within {timeout:.0f} s:\n{log.read_text(errors='replace')}")

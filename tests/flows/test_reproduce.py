@@ -2,7 +2,10 @@
 
 Uses the `smoke` suite (quickstart brick, random-init ViT-S at 56 px, 1 epoch: the timm default init, so the
 backbone's blocks contribute almost nothing; these tests exercise the plumbing, not the features). Runs:
-- the same suite twice on one store: the second run extracts nothing and gives the same values;
+- the same suite twice on one store: the second run extracts nothing, trains nothing (the class result is read
+  back from the cache), writes the same values and takes at most 0.2x the first run's time (timed inside the flow);
+- a two-class suite, then the same with one class's preset changed: only that class trains again;
+- the smoke suite with its cached record corrupted: the class trains again and the record is rewritten;
 - a two-class suite whose second class cannot train (sigma=1e30 gives a NaN loss -> TrainingError) plus a
   dataset with no root: the flow writes the good rows and the failed row, then ends Failed naming both;
 - the suite on an existing Dask cluster named by DASK_SCHEDULER_ADDRESS.
@@ -52,6 +55,31 @@ def two_runs(prefect_api, data_home, store_root, tmp_path_factory):
     return ReportStore(str(reports)), runs
 
 
+def test_second_run_trains_nothing_and_is_fast(two_runs, record_property):
+    reports, (first, second) = two_runs
+    assert (first["summary"]["trained"], first["summary"]["reused"]) == (1, 0)
+    assert (second["summary"]["trained"], second["summary"]["reused"]) == (0, 1)
+    record_property("first_flow_s", round(first["summary"]["seconds"], 2))
+    record_property("second_flow_s", round(second["summary"]["seconds"], 2))
+    assert second["summary"]["seconds"] <= 0.2 * first["summary"]["seconds"], (
+        first["summary"]["seconds"],
+        second["summary"]["seconds"],
+    )
+    # every row of the rerun: the first run's value, marked reused, pointing at the run that computed it
+    columns = ["class_name", "selection", "metric", "epoch", "value"]
+    one, two = (
+        reports.read_metrics(run_id=r["summary"]["run_id"]).sort_values(columns[:4]).reset_index(drop=True)
+        for r in (first, second)
+    )
+    assert len(one) > 3 and len(one) == len(two)
+    assert one[columns].equals(two[columns])
+    assert not one["reused"].any() and (one["computed_by_run_id"] == first["summary"]["run_id"]).all()
+    assert two["reused"].all() and (two["computed_by_run_id"] == first["summary"]["run_id"]).all()
+    assert (two["run_id"] == second["summary"]["run_id"]).all()
+    scores = reports.read_scores(run_id=second["summary"]["run_id"])
+    assert len(scores) and set(scores["run_id"]) == {second["summary"]["run_id"]}
+
+
 def test_second_run_extracts_nothing(two_runs, record_property):
     _, (first, second) = two_runs
     record_property("first_run_s", round(first["seconds"], 1))
@@ -80,6 +108,107 @@ def test_both_runs_write_the_same_image_auroc(two_runs):
     # same features, same seed: the rerun reproduces the value
     assert values[1] == pytest.approx(values[0], abs=1e-6)
     assert "quickstart" in first["summary"]["table"]
+
+
+def test_progress_artifacts_reach_100_percent(two_runs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    reports, (first, _) = two_runs
+    [flow_run_id] = set(reports.read_metrics(run_id=first["summary"]["run_id"])["flow_run_id"])
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    progress = {a.key: a.data for a in artifacts if a.type == "progress"}
+    assert progress == {"extraction-progress": 100.0, "training-progress": 100.0}
+
+
+def test_task_timeout_from_the_estimate_or_the_parameter(two_runs, store_root, tmp_path):
+    from flows.reproduce import SuiteFailed, reproduce_all
+    from flows.train import ClassJob, estimate_train_seconds, timeout_for
+    from generalad.errors import ConfigError
+
+    _, (first, _) = two_runs
+    job = ClassJob(first["summary"]["extractions"][0]["url"], "brick", overrides=SMOKE.overrides())
+    estimate = estimate_train_seconds(job)
+    assert 0 < estimate < 60  # 1 epoch of a few 56 px images
+    assert timeout_for(job) == max(1800.0, 30 * estimate)
+    assert timeout_for(job, 5) == 5.0
+    with pytest.raises(ConfigError):
+        timeout_for(job, 0)
+    with pytest.raises(SuiteFailed, match="class task brick.*(TimeoutError|TimedOut)"):
+        reproduce_all(
+            suite="smoke", reports=str(tmp_path), store=str(store_root), retrain=True, task_timeout_s=0.01
+        )
+
+
+# ------------------------------------------------------------------ what reruns: a changed preset, a corrupt record
+
+
+def _smoke_record(store_url: str) -> Path:
+    """The cached record of the smoke suite's class on `store_url` (the job as the flow builds it)."""
+    from flows.class_cache import ClassCache, default_cache_url
+    from flows.fanout import _task_parameters
+    from flows.train import ClassJob
+
+    job = ClassJob(store_url, "brick", 0, None, SMOKE.overrides(), True)
+    store_root = Path(store_url).parents[1]
+    return Path(
+        ClassCache(default_cache_url(str(store_root))).record_path(_task_parameters(job, "any", None))
+    )
+
+
+def test_a_corrupt_record_is_recomputed(two_runs, store_root, tmp_path):
+    from flows.reproduce import reproduce_all
+
+    reports, (first, _) = two_runs
+    record = _smoke_record(first["summary"]["extractions"][0]["url"])
+    text = record.read_bytes()
+    i = text.index(b'"result":"') + 100  # inside the pickled rows, past their checksum
+    corrupted = text[:i] + (b"A" if text[i : i + 1] != b"A" else b"B") + text[i + 1 :]
+    record.write_bytes(corrupted)
+    summary = reproduce_all(suite="smoke", reports=str(tmp_path / "reports"), store=str(store_root))
+    assert (summary["trained"], summary["reused"]) == (1, 0)
+    again = ReportStore(str(tmp_path / "reports")).read_metrics(metric="image_auroc", selection="last")
+    before = reports.read_metrics(run_id=first["summary"]["run_id"], metric="image_auroc", selection="last")
+    assert list(again["value"]) == list(before["value"]) and not again["reused"].any()
+    assert record.read_bytes() != corrupted  # rewritten by the run that recomputed it
+
+
+def _two_class_suite(grass_sigma: float | None) -> Suite:
+    grass = SuiteEntry(
+        dataset="quickstart",
+        categories=("grass",),
+        backbone=SMOKE.backbone,
+        image_size=SMOKE.image_size,
+        epochs=1,
+        weights="random",
+        sigma=grass_sigma,
+        pixel_metrics=True,
+    )
+    return Suite("two", "brick and grass, smoke settings", (SMOKE, grass))
+
+
+def test_a_changed_preset_field_reruns_exactly_its_classes(prefect_api, data_home, store_root, tmp_path):
+    from flows import reproduce
+
+    runs = []
+    for sigma in (None, 0.5, 0.5):  # as before; grass's sigma changed; nothing changed
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(reproduce, "get_suite", lambda name, s=sigma: _two_class_suite(s))
+            runs.append(reproduce.reproduce_all(suite="two", reports=str(tmp_path), store=str(store_root)))
+    frames = [
+        ReportStore(str(tmp_path)).read_metrics(run_id=r["run_id"], metric="image_auroc", selection="last")
+        for r in runs
+    ]
+    reused = [dict(zip(f["class_name"], f["reused"], strict=True)) for f in frames]
+    assert reused[1] == {"brick": True, "grass": False}  # only the class whose preset changed trained again
+    assert (runs[1]["trained"], runs[1]["reused"]) == (1, 1)
+    assert reused[2] == {"brick": True, "grass": True} and runs[2]["trained"] == 0
+    assert set(frames[1]["sigma"]) == {0.25, 0.5}
+    value = [dict(zip(f["class_name"], f["value"], strict=True)) for f in frames]
+    assert value[1]["brick"] == value[0]["brick"] and value[2] == value[1]
 
 
 # ------------------------------------------------------------------ a failing class and a missing dataset
@@ -174,7 +303,9 @@ def test_existing_cluster_from_environment(prefect_api, data_home, store_root, t
         dashboard_address="127.0.0.1:0",
     ) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
-        summary = reproduce_all(suite="smoke", reports=str(tmp_path / "reports"), store=str(store_root))
+        summary = reproduce_all(  # retrain: the smoke class is cached by now and would not reach the cluster
+            suite="smoke", reports=str(tmp_path / "reports"), store=str(store_root), retrain=True
+        )
         ran_here = set(cluster.scheduler.task_prefixes)
     assert any("train" in prefix for prefix in ran_here), ran_here
     frame = ReportStore(str(tmp_path / "reports")).read_metrics(

@@ -444,9 +444,12 @@ def test_version_1_files_stay_readable(tmp_path):
     from generalad.apps.report_tables import render_table
     from storage.report_schema import REPORT_SCHEMA_VERSION, metric_table
 
-    assert REPORT_SCHEMA_VERSION == "2"
+    assert REPORT_SCHEMA_VERSION == "3"
     store = ReportStore(str(tmp_path / "reports"))
-    old = metric_table(make_rows("old-run", n=2)).drop_columns(["dataset", "backbone", *_V2_COLUMNS])
+    v3_columns = ["reused", "computed_by_run_id"]
+    old = metric_table(make_rows("old-run", n=2)).drop_columns(
+        ["dataset", "backbone", *_V2_COLUMNS, *v3_columns]
+    )
     old = old.replace_schema_metadata({b"generalad.report_schema_version": b"1"})
     folder = tmp_path / "reports" / "metrics" / "dataset=mvtec_ad" / f"backbone={BACKBONE}"
     folder.mkdir(parents=True)
@@ -456,9 +459,10 @@ def test_version_1_files_stay_readable(tmp_path):
     frame = store.read_metrics()
     v1 = frame[frame["run_id"] == "old-run"]
     assert len(v1) == 4 and v1["value"].notna().all() and (v1["sigma"] == 0.25).all()
-    assert v1[list(_V2_COLUMNS)].isna().all().all()
+    assert v1[list(_V2_COLUMNS) + v3_columns].isna().all().all()
     v2 = frame[frame["run_id"] == "new-run"]
     assert set(v2["suite"]) == {"table1"} and set(v2["variant"]) == {""} and (v2["batch_size"] == 16).all()
+    assert not v2["reused"].any() and (v2["computed_by_run_id"] == "new-run").all()
     # both runs have distinct config hashes (v2 hashes the whole preset), so each is its own latest run
     text = render_table(frame[frame["run_id"] == "old-run"], selection="last")
     assert "| 90.5 |" in text  # mean of 0.90 and 0.91, rounded
