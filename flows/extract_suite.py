@@ -72,9 +72,7 @@ def extract_all(
     return out
 
 
-def _extract_one(
-    key: tuple, target: StoreTarget, store: str, device: str, precision: str, progress: Progress
-) -> dict:
+def _extract_one(key: tuple, target: StoreTarget, store: str, device: str, precision: str) -> dict:
     dataset, category, backbone, weights, image_size, layers, _ = key
     try:
         return extract_store(
@@ -84,8 +82,6 @@ def _extract_one(
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded, the rest of the suite goes on
         return {"error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        progress.step()
 
 
 def _extract_on_lanes(
@@ -99,14 +95,17 @@ def _extract_on_lanes(
     """Each store's result (or {"error"}): in order here, or with several GPUs one thread per GPU, store i on
     lane i % lanes (`cuda:<lane>`), each thread in a copy of this flow's context so its tasks log to the run."""
     items = list(unique.items())
+
+    def one(key: tuple, target: StoreTarget, on: str) -> dict:
+        built = _extract_one(key, target, store, on, precision)
+        progress.step()
+        return built
+
     if lanes <= 1:
-        return {key: _extract_one(key, target, store, device, precision, progress) for key, target in items}
+        return {key: one(key, target, device) for key, target in items}
 
     def lane(index: int) -> dict[tuple, dict]:
-        return {
-            key: _extract_one(key, target, store, f"cuda:{index}", precision, progress)
-            for key, target in items[index::lanes]
-        }
+        return {key: one(key, target, f"cuda:{index}") for key, target in items[index::lanes]}
 
     with ThreadPoolExecutor(lanes, thread_name_prefix="extract-gpu") as pool:
         futures = [
