@@ -31,6 +31,7 @@ from flows.extract_suite import extract_all as _extract_all
 from flows.plan_build import default_data_home, plan_suite, resolve_datasets
 from flows.plan_report import render_plan
 from flows.runtime import api_for_subprocesses, new_run_id, plan_dask
+from flows.suite_file import load_suite_file
 from flows.suites import Suite, get_suite
 from flows.train import ClassJob, ClassResult, failed_rows_of, train_class
 from generalad.apps.plots import markdown_images
@@ -70,11 +71,13 @@ def reproduce_all(
     precision: str = "fp32",
     extract_precision: str = "fp32",
     plan_only: bool = False,
+    suite_file: str | None = None,
 ) -> dict:
     """Run a named suite end to end and write its Parquet reports.
 
     Args:
         suite: a suite name (`flows.suites.list_suites()`): table1..table5, fig4, quickstart, smoke.
+        suite_file: a user suite as TOML (`flows.suite_file.load_suite_file`); replaces `suite` when given.
         reports: report store URL (local path or fsspec URL); default `$GENERALAD_REPORTS`, else `./reports`.
         store: feature store root (local path or fsspec URL); default `$GENERALAD_STORE`, else `./stores`.
         weights: backbone weights for entries that do not fix them: "auto" (pretrained when the hub weights are
@@ -100,7 +103,7 @@ def reproduce_all(
             everything that ran were written.
     """
     logger = get_run_logger()
-    the_suite = get_suite(suite)
+    the_suite = load_suite_file(suite_file) if suite_file else get_suite(suite)
     reports, store = reports or default_reports_root(), store or default_store_root()
     if plan_only:
         plan = plan_suite(
@@ -300,7 +303,8 @@ def _publish_artifacts(frame, table_md: str, failures: list[str]) -> None:
     """A table per dataset and a markdown summary (ours beside the paper's numbers) on the flow run."""
     ok = frame[frame["status"] == "ok"]
     for dataset, part in ok.groupby("dataset"):
-        rows = part[["class_name", "backbone", "selection", "metric", "value", "weights"]].to_dict("records")
+        columns = ["method", "class_name", "backbone", "selection", "metric", "value", "weights"]
+        rows = part[columns].to_dict("records")
         create_table_artifact(
             rows, key=f"{dataset.replace('_', '-')}-metrics", description=f"{dataset}: per-class metrics"
         )
