@@ -118,7 +118,7 @@ def _extract_on_lanes(
 
 
 def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool, suite: str) -> list[ClassJob]:
-    """One job per (normal class, seed, shots) of the entry on this store."""
+    """One job per (method, normal class, seed, shots) of the entry on this store."""
     entry = target.entry
     classes = (
         [target.category]
@@ -132,13 +132,16 @@ def _jobs(target: StoreTarget, built: dict, eval_every_epoch: bool, suite: str) 
             c,
             seed,
             shots,
-            entry.overrides(),
+            entry.overrides() if method == "generalad" else {},
             eval_every_epoch,
             extract_seconds,
             variant=entry.label,
             suite=suite,
-            select_on_pixel=entry.select_on_pixel and eval_every_epoch,
+            select_on_pixel=entry.select_on_pixel and eval_every_epoch and method == "generalad",
+            method=method,
+            coreset_ratio=entry.coreset_ratio if method != "generalad" else None,
         )
+        for method in entry.methods
         for c in classes
         for seed, shots in entry.variants()
     ]

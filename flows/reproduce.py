@@ -35,6 +35,7 @@ from flows.fanout import Outcome, is_reused, train_all, train_classes
 from flows.plan_build import default_data_home, plan_suite, resolve_datasets
 from flows.plan_report import render_plan
 from flows.runtime import new_run_id
+from flows.suite_file import load_suite_file
 from flows.suites import Suite, get_suite
 from flows.train import ClassResult, failed_rows_of
 from generalad.apps.plots import markdown_images
@@ -76,11 +77,13 @@ def reproduce_all(
     class_cache: str | None = None,
     retrain: bool = False,
     task_timeout_s: float | None = None,
+    suite_file: str | None = None,
 ) -> dict:
     """Run a named suite end to end and write its Parquet reports.
 
     Args:
         suite: a suite name (`flows.suites.list_suites()`): table1..table5, fig4, quickstart, smoke.
+        suite_file: a user suite as TOML (`flows.suite_file.load_suite_file`); replaces `suite` when given.
         reports: report store URL (local path or fsspec URL); default `$GENERALAD_REPORTS`, else `./reports`.
         store: feature store root (local path or fsspec URL); default `$GENERALAD_STORE`, else `./stores`.
         weights: backbone weights for entries that do not fix them: "auto" (pretrained when the hub weights are
@@ -113,7 +116,7 @@ def reproduce_all(
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    the_suite = get_suite(suite)
+    the_suite = load_suite_file(suite_file) if suite_file else get_suite(suite)
     reports, store = reports or default_reports_root(), store or default_store_root()
     if plan_only:
         plan = plan_suite(
@@ -249,7 +252,8 @@ def _publish_artifacts(frame, table_md: str, failures: list[str]) -> None:
     """A table per dataset and a markdown summary (ours beside the paper's numbers) on the flow run."""
     ok = frame[frame["status"] == "ok"]
     for dataset, part in ok.groupby("dataset"):
-        rows = part[["class_name", "backbone", "selection", "metric", "value", "weights"]].to_dict("records")
+        columns = ["method", "class_name", "backbone", "selection", "metric", "value", "weights"]
+        rows = part[columns].to_dict("records")
         create_table_artifact(
             rows, key=f"{dataset.replace('_', '-')}-metrics", description=f"{dataset}: per-class metrics"
         )

@@ -1,6 +1,6 @@
 """Experiment suites as data: which (dataset, backbone, preset overrides, classes, seeds, shots) to run.
 
-A suite is a named tuple of `SuiteEntry`s; the paper's tables are named suites (`table1` ... `table5`, `fig4`),
+A suite is a named tuple of `SuiteEntry`s (a user's, from TOML: `flows.suite_file.load_suite_file`); the paper's tables are named suites (`table1` ... `table5`, `fig4`),
 plus `quickstart` (the synthetic offline dataset, minutes on 2 CPU cores) and `smoke` (the tiniest run). The
 `reproduce-all` flow expands an entry into one training task per (class, seed, shots). Dataset roots come from
 `generalad.toml` and `GENERALAD_DATA_<NAME>` environment variables (`dataset_roots`); `missing_datasets` says
@@ -32,7 +32,7 @@ from typing import Any
 
 from flows.dataset_roots import CONFIG_ENV, DATA_ENV_PREFIX, DEFAULT_CONFIG, HOW_TO_GET, dataset_roots
 from generalad.apps import paper
-from generalad.defaults import IMAGE_SIZE
+from generalad.defaults import IMAGE_SIZE, METHODS
 from generalad.errors import ConfigError
 
 __all__ = [
@@ -82,6 +82,7 @@ REG4_BACKBONES: tuple[str, ...] = (
 )
 _VIT_B = PAPER_BACKBONES[1]
 _VIT_L = PAPER_BACKBONES[2]
+_BOTH_METHODS: tuple[str, ...] = METHODS  # table1 / table3: GeneralAD beside the kNN baseline
 # one dataset per anomaly type (semantic, near-distribution, industrial, logical): the paper's ablation set
 _REPRESENTATIVE: tuple[str, ...] = ("cifar10", "aircraft", "mvtec_ad", "mvtec_loco")
 
@@ -108,6 +109,9 @@ class SuiteEntry:
         select_on_pixel: also report `best_on_test_pixel`, the epoch with the best pixel AUROC (Table 2).
         dataset_options: adapter options, e.g. {"split": "listing_80_20"} for VisA (part of the store key).
         label: what this entry varies, for reports (the rows' `variant`, e.g. "sigma=0.5"); "" for plain entries.
+        methods: the methods run on each store of the entry: "generalad" and/or "patchcore_knn" (the kNN baseline
+            on the same features; it ignores views, sigma, top_k, epochs and select_on_pixel).
+        coreset_ratio: the kNN bank's coreset ratio (None = 0.1, the PatchCore paper's main setting).
     """
 
     dataset: str
@@ -126,6 +130,8 @@ class SuiteEntry:
     select_on_pixel: bool = False
     dataset_options: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
     label: str = ""
+    methods: tuple[str, ...] = ("generalad",)
+    coreset_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.dataset):
@@ -144,8 +150,24 @@ class SuiteEntry:
         options = self.dataset_options
         items = options.items() if isinstance(options, Mapping) else options
         object.__setattr__(self, "dataset_options", tuple(sorted((str(k), v) for k, v in items)))
-        for name in ("seeds", "shots", "layers"):
+        for name in ("seeds", "shots", "layers", "methods"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if (
+            not self.methods
+            or any(m not in METHODS for m in self.methods)
+            or len(set(self.methods)) < len(self.methods)
+        ):
+            raise ConfigError(
+                f"suite entry {self.dataset}: methods must be distinct names of {METHODS}, got {self.methods}"
+            )
+        if self.coreset_ratio is not None and (
+            isinstance(self.coreset_ratio, bool)
+            or not isinstance(self.coreset_ratio, int | float)
+            or not 0 < self.coreset_ratio <= 1
+        ):
+            raise ConfigError(
+                f"suite entry {self.dataset}: coreset_ratio must be in (0, 1], got {self.coreset_ratio!r}"
+            )
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ConfigError(
                 f"suite entry {self.dataset}: seeds must be non-negative ints, got {self.seeds}"
@@ -216,8 +238,9 @@ SUITES: Mapping[str, Suite] = MappingProxyType(
     {
         "table1": Suite(
             "table1",
-            "Paper Table 1: image AUROC on the 10 datasets with ViT-S/B/L (each dataset's preset).",
-            _entries(PAPER_DATASETS, PAPER_BACKBONES),
+            "Paper Table 1: image AUROC on the 10 datasets with ViT-S/B/L (each dataset's preset), GeneralAD and "
+            "the PatchCore-kNN baseline on the same features.",
+            _entries(PAPER_DATASETS, PAPER_BACKBONES, methods=_BOTH_METHODS),
         ),
         "table2": Suite(
             "table2",
@@ -227,8 +250,15 @@ SUITES: Mapping[str, Suite] = MappingProxyType(
         ),
         "table3": Suite(
             "table3",
-            "Paper Table 3: few-shot MVTec-AD, 1/2/4/8 normal training images, seeds 0/10/20/30/40, ViT-S/B/L.",
-            _entries(("mvtec_ad",), PAPER_BACKBONES, shots=(1, 2, 4, 8), seeds=(0, 10, 20, 30, 40)),
+            "Paper Table 3: few-shot MVTec-AD, 1/2/4/8 normal training images, seeds 0/10/20/30/40, ViT-S/B/L, "
+            "GeneralAD and the PatchCore-kNN baseline on the same features.",
+            _entries(
+                ("mvtec_ad",),
+                PAPER_BACKBONES,
+                shots=(1, 2, 4, 8),
+                seeds=(0, 10, 20, 30, 40),
+                methods=_BOTH_METHODS,
+            ),
         ),
         "table4": Suite(
             "table4",

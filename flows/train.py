@@ -23,6 +23,8 @@ from generalad.apps.train_job import resolve_preset, train_from_store
 from generalad.defaults import default_reports_root
 from generalad.devices import device_label, resolve_device
 from generalad.errors import ConfigError, GeneralADError
+from generalad.method.patchcore import METHOD as PATCHCORE
+from generalad.method.patchcore import PatchCoreSettings
 from storage.feature_store import FeatureStore
 from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
 from storage.report_schema import MetricRow
@@ -64,6 +66,8 @@ class ClassJob:
         variant: what the suite entry varies (e.g. "sigma=0.5"), for messages and the rows; "" for plain entries.
         suite: the suite the job belongs to (recorded in the rows); None outside suites.
         select_on_pixel: also select an epoch on pixel AUROC (`best_on_test_pixel`; stores with masks).
+        method: "generalad" (train a discriminator) or "patchcore_knn" (a memory bank; the preset is unused).
+        coreset_ratio: the kNN bank's coreset ratio (None = the default 0.1); only for "patchcore_knn".
     """
 
     store_url: str
@@ -76,12 +80,23 @@ class ClassJob:
     variant: str = ""
     suite: str | None = None
     select_on_pixel: bool = False
+    method: str = "generalad"
+    coreset_ratio: float | None = None
 
     @property
     def label(self) -> str:
         shots = "" if self.shots is None else f" shots={self.shots}"
         variant = f" {self.variant}" if self.variant else ""
-        return f"{self.class_name} seed={self.seed}{shots}{variant}"
+        method = "" if self.method == "generalad" else f" [{self.method}]"
+        return f"{self.class_name} seed={self.seed}{shots}{variant}{method}"
+
+    def knn_settings(self) -> PatchCoreSettings | None:
+        """The kNN settings of a "patchcore_knn" job, None for a GeneralAD one."""
+        if self.method != PATCHCORE:
+            return None
+        if self.coreset_ratio is None:
+            return PatchCoreSettings()
+        return PatchCoreSettings(coreset_ratio=self.coreset_ratio)
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,8 @@ def train_class(
         progress=False,
         device=used,
         precision=precision,
+        method=job.method,
+        knn=job.knn_settings(),
     )
     context = RunContext.of_store(
         store,
@@ -218,7 +235,7 @@ def failed_rows_of(job: ClassJob, run_id: str, error: str, flow_run_id: str | No
     except (GeneralADError, OSError, KeyError, ValueError):
         return []
     try:
-        preset = resolve_preset(store, None, job.overrides)
+        preset = job.knn_settings() or resolve_preset(store, None, job.overrides)
     except GeneralADError:
         preset = resolve_preset(store, None, None)
     context = RunContext.of_store(
@@ -256,9 +273,12 @@ def train_class_flow(
     run_id: str | None = None,
     device: str = "auto",
     precision: str = "fp32",
+    method: str = "generalad",
+    coreset_ratio: float | None = None,
 ) -> dict:
     """Train one class from an existing store and append its rows to the report store, on `device` (auto, cpu,
-    cuda, cuda:N) in `precision` (fp32, tf32, bf16, fp16 on CUDA).
+    cuda, cuda:N) in `precision` (fp32, tf32, bf16, fp16 on CUDA). `method`: "generalad" or "patchcore_knn",
+    whose bank uses `coreset_ratio` (default 0.1).
 
     A failed task still leaves its status="failed" row in the reports, and the flow ends Failed naming the class.
     """
@@ -266,7 +286,16 @@ def train_class_flow(
 
     run_id = run_id or new_run_id(f"train-{class_name}")
     reports = reports or default_reports_root()
-    job = ClassJob(store, class_name, seed, shots, {"epochs": epochs} if epochs else {}, eval_every_epoch)
+    job = ClassJob(
+        store,
+        class_name,
+        seed,
+        shots,
+        {"epochs": epochs} if epochs else {},
+        eval_every_epoch,
+        method=method,
+        coreset_ratio=coreset_ratio,
+    )
     try:
         result = train_class(
             job, run_id=run_id, torch_threads=torch.get_num_threads(), device=device, precision=precision

@@ -258,6 +258,7 @@ class Backbone(nn.Module):
         self.num_prefix = info.num_prefix_tokens
         self.patch_size = info.patch_size
         self._captured: torch.Tensor | None = None
+        self._capture = True  # off in patch_tokens (the ONNX export needs no CLS attention)
         attn = model.blocks[self.layers[-1]].attn
         missing = [part for part in _ATTENTION_PARTS if not hasattr(attn, part)]
         if missing:
@@ -289,6 +290,8 @@ class Backbone(nn.Module):
 
     def _capture_cls_attention(self, module: nn.Module, args: tuple) -> None:
         """Recompute the CLS query's attention row from the block's own qkv projection (fused attention stays on)."""
+        if not self._capture:
+            return
         x = args[0]
         batch, tokens, _ = x.shape
         qkv = (
@@ -314,6 +317,14 @@ class Backbone(nn.Module):
         tokens = kept[0] if len(kept) == 1 else torch.cat(kept, dim=-1)
         cls_attn, self._captured = self._captured, None
         return tokens, cls_attn
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, E) only, without the CLS-attention capture (what the ONNX export traces)."""
+        self._capture = False
+        try:
+            return self(images)[0]
+        finally:
+            self._capture = True
 
 
 def load_backbone(spec: BackboneSpec) -> Backbone:

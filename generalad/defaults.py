@@ -28,6 +28,7 @@ __all__ = [
     "VIEW_NAMES",
     "ViewName",
     "SELECTIONS",
+    "METHODS",
     "WeightsKind",
     "WeightsSource",
 ]
@@ -70,6 +71,10 @@ VIEW_NAMES: tuple[ViewName, ...] = get_args(ViewName)
 # AUROC) and `best_on_test_pixel` (the epoch with the best pixel AUROC, the selection behind the paper's Table 2),
 # all three from the same training run
 SELECTIONS: tuple[str, ...] = ("last", "best_on_test", "best_on_test_pixel")
+
+# the methods that read a feature store: the paper's discriminator, and the PatchCore-style kNN baseline
+# (generalad.method.patchcore); the report's `method` column holds one of them
+METHODS: tuple[str, ...] = ("generalad", "patchcore_knn")
 
 WeightsKind = Literal["hub", "file", "random"]
 _IDENTITY_RE = re.compile(

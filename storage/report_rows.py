@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from generalad.method.experiment import RunResult
 from generalad.method.presets import Preset
 from generalad.method.scoring import blur_params
 from storage.feature_store import FeatureStore
-from storage.report_schema import MetricRow, format_layers, format_views, scores_from_arrays
+from storage.report_schema import MetricRow, config_hash, format_layers, format_views, scores_from_arrays
 
 __all__ = [
     "RunContext",
@@ -25,7 +26,29 @@ __all__ = [
 
 
 def preset_columns(preset: Preset, *, num_patches: int) -> dict[str, Any]:
-    """The whole resolved preset as report columns (top_k None resolved to N, the plain mean it means)."""
+    """The whole resolved preset as report columns (top_k None resolved to N, the plain mean it means).
+
+    For the kNN method (`PatchCoreSettings`): its fixed values (views clean, epochs 0, lr 0, sigma 0, top_k 1) and
+    None in the discriminator's training columns."""
+    if getattr(preset, "method", "generalad") != "generalad":
+        untrained = (
+            "batch_size",
+            "weight_decay",
+            "lr_min_factor",
+            "epoch_subset",
+            "disc_blocks",
+            "disc_heads",
+        )
+        return {
+            "preset": preset.name,
+            "views": format_views(preset.views),
+            "epochs": preset.epochs,
+            "lr": preset.lr,
+            "top_k": preset.top_k,
+            "sigma": preset.sigma,
+            "exclude_fixed_points": False,
+            **dict.fromkeys((*untrained, "mlp_dim", "dropout")),
+        }
     return {
         "preset": preset.name,
         "views": format_views(preset.views),
@@ -89,8 +112,11 @@ class RunContext:
         )
 
     def common(self, preset: Preset, *, seed: int, shots: int | None, num_patches: int) -> dict[str, Any]:
+        """The columns every row of one class shares. `preset` may be a PatchCoreSettings (the kNN method): it
+        has the same views/epochs/lr/top_k/sigma attributes and a `method`."""
         return {
             "run_id": self.run_id,
+            "method": getattr(preset, "method", "generalad"),
             "flow_run_id": self.flow_run_id,
             "dataset": self.dataset,
             "category": self.category,
@@ -136,7 +162,14 @@ def metric_rows_of(result: RunResult, context: RunContext, *, num_patches: int) 
                 eval_seconds=result.eval_seconds,
             )
         )
-    return rows
+    return [_with_method_settings(row, result.preset) for row in rows]
+
+
+def _with_method_settings(row: MetricRow, settings: Any) -> MetricRow:
+    """A kNN row's config_hash also covers its own settings (the coreset ratio), which have no column."""
+    if getattr(settings, "method", "generalad") == "generalad":
+        return row
+    return dataclasses.replace(row, config_hash=config_hash({"row": row.config_hash, **settings.to_dict()}))
 
 
 def failed_rows(
@@ -151,7 +184,7 @@ def failed_rows(
 ) -> list[MetricRow]:
     """The row that records a failed class task, so the report names it."""
     common = context.common(preset, seed=seed, shots=shots, num_patches=num_patches)
-    return [MetricRow.failed(error=error, class_name=class_name, **common)]
+    return [_with_method_settings(MetricRow.failed(error=error, class_name=class_name, **common), preset)]
 
 
 def score_table_of(result: RunResult, context: RunContext, image_ids: Mapping[int, str] | Any) -> pa.Table:
@@ -171,6 +204,7 @@ def score_table_of(result: RunResult, context: RunContext, image_ids: Mapping[in
                 image_ids=[image_ids[int(r)] for r in evaluation.rows],
                 scores=evaluation.scores,
                 labels=evaluation.labels,
+                method=result.method,
             )
         )
     return pa.concat_tables(tables)

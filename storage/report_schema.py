@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from generalad.defaults import METHODS, VIEW_NAMES, WeightsSource
 from generalad.defaults import SELECTIONS as _SELECTIONS
-from generalad.defaults import VIEW_NAMES, WeightsSource
 from generalad.errors import ConfigError
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "METRICS",
     "METRIC_IMPLS",
     "SELECTIONS",
+    "METHODS",
     "STATUSES",
     "VIEWS",
     "Selection",
@@ -80,6 +81,7 @@ Selection = Literal["last", "best_on_test", "best_on_test_pixel"]
 Status = Literal["ok", "failed"]
 
 SELECTIONS: tuple[str, ...] = _SELECTIONS
+# the methods a row can report (generalad.defaults.METHODS): the paper's, and the kNN baseline on the same features
 STATUSES: tuple[str, ...] = ("ok", "failed")
 
 # metric name -> the implementation recorded by default (docs/method.md section 5). The reference's non-standard AUPRO
@@ -188,6 +190,8 @@ SCORE_SCHEMA = pa.schema(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("score", pa.float64(), nullable=False),
         pa.field("label", pa.int8(), nullable=False),
+        # which method scored the image (METHODS); a table without the column is read as "generalad"
+        pa.field("method", pa.string(), nullable=False),
     ],
     metadata=_METADATA,
 )
@@ -443,8 +447,8 @@ class MetricRow:
         check_name("run_id", self.run_id)
         check_name("dataset", self.dataset)
         check_name("backbone", self.backbone)
-        if self.method != "generalad":
-            raise ValueError(f"method must be 'generalad', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.created_at, datetime):
             raise ValueError(f"created_at must be a datetime, got {self.created_at!r}")
         put("created_at", _utc(self.created_at))
@@ -460,15 +464,19 @@ class MetricRow:
             put("pretrained", not is_random)
         elif bool(self.pretrained) == is_random:
             raise ValueError(f"pretrained={self.pretrained!r} contradicts weights={self.weights!r}")
-        required_ints = (("image_size", 1), ("epochs", 0), ("top_k", 1), ("seed", 0), ("batch_size", 1))
-        required_ints += (("disc_blocks", 1), ("disc_heads", 1), ("mlp_dim", 1))
-        for name, minimum in required_ints:
+        required_ints = (("image_size", 1), ("epochs", 0), ("top_k", 1), ("seed", 0))
+        # the discriminator's training columns: required for GeneralAD, None for the kNN method (nothing trained)
+        training_ints = (("batch_size", 1), ("disc_blocks", 1), ("disc_heads", 1), ("mlp_dim", 1))
+        trained = self.method == "generalad"
+        for name, minimum in required_ints + (training_ints if trained else ()):
             if _opt_int(name, getattr(self, name), minimum=minimum) is None:
                 raise ValueError(f"{name} must be an int, got None")
+        for name, minimum in () if trained else training_ints:
+            _opt_int(name, getattr(self, name), minimum=minimum)
         _opt_int("shots", self.shots, minimum=1)
         _opt_int("epoch_subset", self.epoch_subset, minimum=1)
         for name in ("weight_decay", "lr_min_factor", "dropout"):
-            if _opt_float(name, getattr(self, name), minimum=0.0) is None:
+            if _opt_float(name, getattr(self, name), minimum=0.0) is None and trained:
                 raise ValueError(f"{name} must be a number, got None")
         if not isinstance(self.exclude_fixed_points, bool | np.bool_):
             raise ValueError(f"exclude_fixed_points must be a bool, got {self.exclude_fixed_points!r}")
@@ -561,8 +569,11 @@ class ScoreRow:
     image_id: str
     score: float
     label: int
+    method: str = "generalad"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         check_name("run_id", self.run_id)
         check_name("dataset", self.dataset)
         check_name("backbone", self.backbone)
@@ -597,6 +608,7 @@ def scores_from_arrays(
     seed: int = 0,
     shots: int | None = None,
     selection: str = "last",
+    method: str = "generalad",
 ) -> pa.Table:
     """The scores of one (run, class, selection) as a SCORE_SCHEMA table, built column-wise (fast for 10k images)."""
     n = len(image_ids)
@@ -615,6 +627,7 @@ def scores_from_arrays(
             "image_id": pa.array(list(image_ids), pa.string()),
             "score": pa.array(np.asarray(scores, dtype=np.float64)),
             "label": pa.array(np.asarray(labels).astype(np.int8)),
+            "method": pa.array([method] * n, pa.string()),
         },
         schema=SCORE_SCHEMA,
     )
@@ -637,6 +650,8 @@ def score_table(rows: Sequence[ScoreRow] | pa.Table | pd.DataFrame) -> pa.Table:
             if not isinstance(row, ScoreRow):
                 raise ValueError(f"score rows must be ScoreRow instances, got {type(row).__name__}")
         table = pa.Table.from_pylist([asdict(r) for r in rows], schema=SCORE_SCHEMA)
+    if "method" not in table.column_names:  # tables written before the kNN method existed
+        table = table.append_column("method", pa.array(["generalad"] * table.num_rows, pa.string()))
     if set(table.column_names) != set(SCORE_SCHEMA.names):
         missing = sorted(set(SCORE_SCHEMA.names) - set(table.column_names))
         extra = sorted(set(table.column_names) - set(SCORE_SCHEMA.names))
@@ -651,6 +666,9 @@ def score_table(rows: Sequence[ScoreRow] | pa.Table | pd.DataFrame) -> pa.Table:
     for name in ("run_id", "dataset", "backbone"):
         for value in table.column(name).unique().to_pylist():
             check_name(name, value)
+    bad_method = set(table.column("method").unique().to_pylist()) - set(METHODS)
+    if bad_method:
+        raise ValueError(f"method must be one of {METHODS}, got {sorted(bad_method)}")
     bad_sel = set(table.column("selection").unique().to_pylist()) - set(SELECTIONS)
     if bad_sel:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {sorted(bad_sel)}")

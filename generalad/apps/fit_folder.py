@@ -11,6 +11,8 @@ job trains only; with only one kind of test image it trains and scores those ima
 Result folder (written as a hidden sibling, renamed into place at the end; nothing is left on failure):
 
     <out>/model.safetensors, model.json      the model, loadable by `generalad predict` / `generalad evaluate`
+    <out>/threshold.json                     the max normal test score and those scores (when there are normal
+                                             test images): `generalad predict`'s default threshold
     <out>/metrics.json, scores.parquet       as written by `generalad train` (metrics [] when train-only)
     <out>/report/summary.md                  data, backbone, settings, timings, metrics, threshold suggestion
     <out>/report/test_scores.csv             one row per test image: path, defect type, label, score
@@ -36,6 +38,7 @@ from PIL import Image
 
 from generalad.apps.model_io import write_run_outputs
 from generalad.apps.staging import staged_dir
+from generalad.apps.thresholds import THRESHOLD_FILE, write_threshold
 from generalad.apps.visualize import map_range, sample_grid
 from generalad.data.base import OneClassSplit, Record
 from generalad.data.folder import NORMAL_CLASS, FolderDataset
@@ -293,6 +296,19 @@ class FitOutputs:
     grid: Path | None
 
 
+def _settings_line(result: RunResult) -> str:
+    preset = result.preset
+    if result.method != "generalad":  # the kNN baseline: no training settings
+        return (
+            f"- settings: {result.method}: coreset ratio {preset.coreset_ratio:g}, "
+            f"{result.model.bank.shape[0]} bank patches, image score = max patch distance, seed {result.seed}"
+        )
+    return (
+        f"- settings: preset {preset.name} ({preset.kind}): views {', '.join(preset.views)}, top-K "
+        f"{preset.top_k}, sigma {preset.sigma:g}, {preset.epochs} epochs, seed {result.seed}"
+    )
+
+
 def _summary_markdown(
     result: RunResult,
     manifest: pd.DataFrame,
@@ -304,7 +320,6 @@ def _summary_markdown(
 ) -> str:
     test = manifest.iloc[result.scores["row"].to_numpy()] if len(result.scores) else manifest.iloc[:0]
     defects = sorted(set(test.loc[test["label"] != 0, "defect_type"]))
-    preset = result.preset
     lines = [
         "# fit-folder report",
         "",
@@ -315,8 +330,7 @@ def _summary_markdown(
         f"{feature_info.get('image_size')}, layers {feature_info.get('layers')}, features "
         f"{feature_info.get('feature_dtype')}",
         f"- feature store: {feature_info.get('store')}",
-        f"- settings: preset {preset.name} ({preset.kind}): views {', '.join(preset.views)}, top-K "
-        f"{preset.top_k}, sigma {preset.sigma:g}, {preset.epochs} epochs, seed {result.seed}",
+        _settings_line(result),
         "- time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()),
     ]
     lines += [f"- {note}" for note in notes]
@@ -332,9 +346,9 @@ def _summary_markdown(
     lines += ["", "## Decision threshold", ""]
     if threshold is not None:
         lines.append(
-            f"Highest score of a normal test image: {threshold:.6g}. `generalad predict --model {out_dir} "
-            f"--threshold {threshold:.6g} IMAGES` flags images scoring above it; better, estimate it on normal "
-            "images that are not in the test set: `--normal DIR`."
+            f"Highest score of a normal test image: {threshold:.6g}, stored in `{THRESHOLD_FILE}`: `generalad "
+            f"predict --model {out_dir} IMAGES` flags images scoring above it by default; better, estimate it on "
+            "normal images that are not in the test set: `--normal DIR`."
         )
     else:
         lines.append("No normal test images: estimate one with `generalad predict --normal DIR`.")
@@ -380,9 +394,16 @@ def write_fit_outputs(
             result,
             tmp,
             image_ids=manifest["image_id"].to_numpy(),
-            extra_columns={"dataset": "folder", "class_name": result.normal_class, "seed": result.seed},
+            extra_columns={
+                "dataset": "folder",
+                "class_name": result.normal_class,
+                "seed": result.seed,
+                "method": result.method,
+            },
             feature_info=feature_info,
         )
+        if threshold is not None:
+            write_threshold(tmp, normal_scores.to_numpy(), source="normal test images of fit-folder")
         report = tmp / REPORT_DIR
         report.mkdir()
         table = pd.DataFrame(

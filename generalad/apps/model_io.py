@@ -2,7 +2,9 @@
 
 A saved model is two files in a folder: ``model.safetensors`` (the weights; no pickle anywhere) and
 ``model.json`` (the discriminator's constructor arguments plus whatever the caller records: preset, seed,
-feature info such as num_patches / embed_dim / image_size / backbone identity).
+feature info such as num_patches / embed_dim / image_size / backbone identity). The PatchCore-kNN method saves
+its memory bank the same way (format ``generalad-patchcore``, constructor arguments under "patchcore");
+``load_model`` returns either, both map tokens (B, N, E) to patch scores (B, N).
 
 ``write_run_outputs`` writes ``metrics.json``, ``scores.parquet`` and the model into a temporary sibling folder
 and renames it into place at the end, so a failure leaves no partial result folder behind;
@@ -26,6 +28,8 @@ from generalad.errors import ConfigError, GeneralADError
 from generalad.method.discriminator import Discriminator
 from generalad.method.evaluation import Evaluation
 from generalad.method.experiment import RunResult
+from generalad.method.patchcore import METHOD as PATCHCORE
+from generalad.method.patchcore import PatchCoreModel
 
 __all__ = [
     "MODEL_WEIGHTS",
@@ -35,6 +39,9 @@ __all__ = [
     "ModelFileError",
     "save_model",
     "load_model",
+    "model_method",
+    "model_top_k",
+    "model_architecture",
     "run_config",
     "write_run_outputs",
     "write_evaluation_outputs",
@@ -45,7 +52,13 @@ MODEL_CONFIG = "model.json"
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.parquet"
 _FORMAT = "generalad-discriminator"
+_PATCHCORE_FORMAT = "generalad-patchcore"
 _FORMAT_VERSION = 1
+# format -> (the key of the constructor arguments in model.json, the class)
+_KINDS: dict[str, tuple[str, type]] = {
+    _FORMAT: ("discriminator", Discriminator),
+    _PATCHCORE_FORMAT: ("patchcore", PatchCoreModel),
+}
 
 
 class ModelFileError(GeneralADError, FileNotFoundError):
@@ -67,11 +80,13 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def save_model(model: Discriminator, directory: str | Path, config: Mapping[str, Any] | None = None) -> Path:
+def save_model(
+    model: Discriminator | PatchCoreModel, directory: str | Path, config: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed).
 
     Args:
-        model: the discriminator.
+        model: the discriminator, or a PatchCore memory bank.
         directory: target folder.
         config: JSON-ready information recorded next to the weights (preset, seed, feature info, ...); the
             key "discriminator" is reserved for the model's own constructor arguments.
@@ -81,16 +96,19 @@ def save_model(model: Discriminator, directory: str | Path, config: Mapping[str,
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    fmt = _PATCHCORE_FORMAT if isinstance(model, PatchCoreModel) else _FORMAT
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(tensors, str(directory / MODEL_WEIGHTS), metadata={"format": _FORMAT})
-    document = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **_json_ready(dict(config or {}))}
-    document["discriminator"] = model.config()
+    save_file(tensors, str(directory / MODEL_WEIGHTS), metadata={"format": fmt})
+    document = {"format": fmt, "format_version": _FORMAT_VERSION, **_json_ready(dict(config or {}))}
+    document[_KINDS[fmt][0]] = model.config()
     (directory / MODEL_CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True))
     return directory
 
 
-def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[Discriminator, dict[str, Any]]:
-    """The discriminator saved in ``directory`` (eval mode) and its ``model.json`` contents.
+def load_model(
+    directory: str | Path, *, device: str = "cpu"
+) -> tuple[Discriminator | PatchCoreModel, dict[str, Any]]:
+    """The model saved in ``directory`` (eval mode) and its ``model.json`` contents.
 
     Raises:
         ModelFileError: a file is missing or the JSON is not a discriminator description.
@@ -103,9 +121,11 @@ def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[Discrimin
         config = json.loads((directory / MODEL_CONFIG).read_text())
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{directory / MODEL_CONFIG} is not valid JSON: {exc}") from exc
-    if config.get("format") != _FORMAT or "discriminator" not in config:
-        raise ModelFileError(f"{directory / MODEL_CONFIG} does not describe a {_FORMAT}")
-    model = Discriminator.from_config(config["discriminator"])
+    kind = _KINDS.get(config.get("format"))
+    if kind is None or kind[0] not in config:
+        raise ModelFileError(f"{directory / MODEL_CONFIG} does not describe a {' or '.join(_KINDS)}")
+    key, cls = kind
+    model = cls.from_config(config[key])
     try:
         state = load_file(str(directory / MODEL_WEIGHTS), device=device)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a corrupt file
@@ -115,10 +135,25 @@ def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[Discrimin
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(
-            f"{directory / MODEL_WEIGHTS} does not fit {config['discriminator']}: {exc}"
-        ) from exc
+        raise ModelFileError(f"{directory / MODEL_WEIGHTS} does not fit {config[key]}: {exc}") from exc
     return model.to(device).eval(), config
+
+
+def model_method(config: Mapping[str, Any]) -> str:
+    """The method of a loaded ``model.json``: "generalad" or "patchcore_knn"."""
+    return PATCHCORE if config.get("format") == _PATCHCORE_FORMAT else "generalad"
+
+
+def model_top_k(config: Mapping[str, Any]) -> int | None:
+    """The image score's K of a loaded ``model.json`` (kNN: 1, the maximum; None = all patches)."""
+    if model_method(config) == PATCHCORE:
+        return 1
+    return (config.get("preset") or {}).get("top_k")
+
+
+def model_architecture(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments (num_patches, embed_dim, ...) of a loaded ``model.json``, either method."""
+    return dict(config[_KINDS[config["format"]][0]])
 
 
 def run_config(result: RunResult, feature_info: Mapping[str, Any] | None = None) -> dict[str, Any]:

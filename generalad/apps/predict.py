@@ -22,7 +22,10 @@ width x height. Images of mixed sizes and formats are fine: each overlay has its
 Decision threshold (optional): ``threshold_from_scores(normal_scores, quantile)`` is the ``quantile`` of the
 scores of normal images that were NOT used for training (linear interpolation; quantile 1.0 = their maximum, the
 default), and an image is flagged (``pred = 1``) when its score is strictly greater than the threshold. With the
-maximum, no image of that normal set is flagged.
+maximum, no image of that normal set is flagged. Without a given threshold or normal images, the threshold stored
+in the model folder (``threshold.json``, written by ``fit-folder``) is used. Whenever normal reference scores are
+known (the given normal images, else the stored ones), scores.csv also has ``score_normalised``: the score as the
+empirical CDF of those normal scores, in [0, 1] (``generalad.apps.thresholds``).
 
 Example:
     >>> predictor = load_predictor("runs/grid")  # doctest: +SKIP
@@ -48,8 +51,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from generalad.apps.model_io import load_model
+from generalad.apps.model_io import load_model, model_architecture, model_top_k
 from generalad.apps.staging import staged_dir
+from generalad.apps.thresholds import (
+    NORMALISED_COLUMN,
+    NORMALISED_DEFINITION,
+    normalised_scores,
+    read_threshold,
+    threshold_from_scores,
+)
 from generalad.apps.visualize import overlay, resize_map
 from generalad.backbone import Backbone, BackboneSpec, load_backbone, weights_identity
 from generalad.data.images import is_image_file, open_image
@@ -59,6 +69,7 @@ from generalad.defaults import WeightsSource
 from generalad.devices import DEFAULT_PRECISION, autocast, check_precision, pin_if_cuda, resolve_device
 from generalad.errors import ConfigError, DatasetError, ImageError
 from generalad.method.discriminator import Discriminator
+from generalad.method.patchcore import PatchCoreModel
 from generalad.method.scoring import anomaly_maps, image_scores
 
 __all__ = [
@@ -173,7 +184,7 @@ class Predictor:
         precision: the forward passes' precision (`generalad.devices`).
     """
 
-    model: Discriminator
+    model: Discriminator | PatchCoreModel
     backbone: Backbone
     config: dict[str, Any]
     top_k: int | None
@@ -185,6 +196,14 @@ class Predictor:
     @property
     def image_size(self) -> int:
         return self.backbone.spec.image_size
+
+    @property
+    def backbone_name(self) -> str:
+        return self.backbone.spec.name
+
+    def stored_threshold(self):
+        """The model folder's ``threshold.json`` (``generalad.apps.thresholds.StoredThreshold``), or None."""
+        return read_threshold(self.model_dir)
 
     @property
     def num_patches(self) -> int:
@@ -221,12 +240,18 @@ def load_predictor(
 ) -> Predictor:
     """Load a saved model and rebuild the backbone its features came from (see the module docstring).
 
+    A ``.onnx`` file written by ``generalad export`` gives an ``OnnxPredictor`` (same interface, onnxruntime).
+
     Raises:
         ModelFileError: the folder is not a saved model.
         ModelMismatchError: the backbone cannot be rebuilt, or does not fit the discriminator.
         WeightsError: pretrained weights are unreachable.
     """
     model_dir = Path(model_dir)
+    if model_dir.suffix == ".onnx":
+        from generalad.apps.onnx_runtime import load_onnx_predictor
+
+        return load_onnx_predictor(model_dir, device=device)
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     device = str(torch_device)
@@ -234,7 +259,7 @@ def load_predictor(
     features = dict(config.get("features") or {})
     spec = backbone_spec_for_model(features, weights=weights, model_dir=str(model_dir))
     _check_identity(spec, str(features["weights"]), str(model_dir))
-    disc = config["discriminator"]
+    disc = model_architecture(config)
     grid = spec.grid
     for key, expected, what in (
         ("num_patches", features.get("num_patches"), "patches"),
@@ -262,7 +287,6 @@ def load_predictor(
             f"{model_dir}: the discriminator takes features of width {disc['embed_dim']} but {spec.name} with "
             f"layers {list(spec.layers)} gives {backbone.embed_dim}; the model belongs to another backbone"
         )
-    preset = config.get("preset") or {}
     dtype = str(features.get("feature_dtype", "float32"))
     if dtype not in ("float16", "float32"):
         raise ModelMismatchError(f"{model_dir}: unknown feature dtype {dtype!r} in model.json")
@@ -270,7 +294,7 @@ def load_predictor(
         model=model,
         backbone=backbone,
         config=config,
-        top_k=preset.get("top_k"),
+        top_k=model_top_k(config),
         feature_dtype=dtype,
         model_dir=model_dir,
         device=device,
@@ -389,22 +413,6 @@ class Threshold:
     n_normal: int | None = None
 
 
-def threshold_from_scores(scores: Sequence[float] | np.ndarray, quantile: float = 1.0) -> float:
-    """The ``quantile`` (linear interpolation) of normal images' scores; 1.0 = their maximum.
-
-    Raises:
-        ConfigError: no scores, a non-finite score, or a quantile outside (0, 1].
-    """
-    values = np.asarray(scores, dtype=np.float64)
-    if values.size == 0:
-        raise ConfigError("a threshold needs the scores of at least one normal image")
-    if not np.isfinite(values).all():
-        raise ConfigError("normal images' scores contain NaN or inf")
-    if not 0.0 < quantile <= 1.0:
-        raise ConfigError(f"quantile must be in (0, 1], got {quantile}")
-    return float(np.quantile(values, quantile))
-
-
 @dataclass
 class _Scored:
     inputs: list[InputImage]
@@ -501,6 +509,27 @@ class PredictionResult:
     seconds: float
 
 
+def _stored(
+    predictor: Predictor, threshold: Threshold | None, use: bool
+) -> tuple[Threshold | None, tuple[np.ndarray, str] | None]:
+    """The threshold to apply (the given one, else the model folder's) and the stored normal reference scores."""
+    stored = predictor.stored_threshold() if use else None
+    if stored is None:
+        return threshold, None
+    reference = (
+        np.asarray(stored.normal_scores),
+        f"{len(stored.normal_scores)} {stored.source} (threshold.json)",
+    )
+    if threshold is None:
+        threshold = Threshold(
+            stored.value,
+            f"stored in the model folder: {stored.rule}",
+            stored.quantile,
+            len(stored.normal_scores),
+        )
+    return threshold, reference
+
+
 def _map_range_of(predictor: Predictor, logits: torch.Tensor, batch: int = 32) -> tuple[float, float]:
     low, high = math.inf, -math.inf
     for start in range(0, len(logits), batch):
@@ -525,12 +554,14 @@ def predict_to_folder(
     overwrite: bool = False,
     progress: bool = True,
     on_image: Callable[[InputImage, float, np.ndarray], None] | None = None,
+    stored_threshold: bool = True,
 ) -> PredictionResult:
     """Score images and write, atomically, one folder of results.
 
     Layout of ``out_dir``:
         scores.csv          one row per input: image (path), name, overlay (relative path), width, height, score,
-                            pred (with a threshold), error (with skip_unreadable; empty when fine)
+                            score_normalised (when normal reference scores are known), pred (with a threshold),
+                            error (with skip_unreadable; empty when fine)
         overlays/<name>.png the heat map over the image at the image's own size
         maps/<name>.npy     the map at the image's size, float32 (only with save_maps)
         normal_scores.csv   the normal images' scores (when the threshold came from them)
@@ -552,6 +583,8 @@ def predict_to_folder(
         overwrite: replace an existing ``out_dir``.
         progress: show progress bars.
         on_image: called as ``on_image(input, score, native_map)`` for each scored input (tests, notebooks).
+        stored_threshold: without ``threshold`` and ``normal``, use the model folder's ``threshold.json`` (and its
+            normal scores for ``score_normalised``) when it has one.
 
     Raises:
         ImageError: a file cannot be decoded (without ``skip_unreadable``); nothing is left behind.
@@ -588,6 +621,9 @@ def predict_to_folder(
                     "score": normal_scores,
                 }
             )
+            reference = (normal_scores, f"{len(normal_scores)} normal images given to predict")
+        else:
+            threshold, reference = _stored(predictor, threshold, stored_threshold)
         scored = _score_pass(
             predictor,
             inputs,
@@ -650,8 +686,10 @@ def predict_to_folder(
         )
         frame["width"] = frame["width"].astype("Int64")
         frame["height"] = frame["height"].astype("Int64")
+        if reference is not None:
+            frame.insert(6, NORMALISED_COLUMN, normalised_scores(frame["score"], reference[0]))
         if threshold is not None:
-            frame.insert(6, "pred", (frame["score"] > threshold.value).astype("Int64"))
+            frame.insert(len(frame.columns) - 1, "pred", (frame["score"] > threshold.value).astype("Int64"))
             frame.loc[frame["score"].isna(), "pred"] = pd.NA
         if not skip_unreadable:
             frame = frame.drop(columns="error")
@@ -662,7 +700,7 @@ def predict_to_folder(
         features = predictor.config.get("features", {})
         summary = {
             "model": str(predictor.model_dir),
-            "backbone": predictor.backbone.spec.name,
+            "backbone": predictor.backbone_name,
             "weights": features.get("weights"),
             "image_size": predictor.image_size,
             "top_k": predictor.top_k,
@@ -679,6 +717,13 @@ def predict_to_folder(
                 "n_normal": threshold.n_normal,
                 "decision": "pred = 1 when score > value",
                 "n_flagged": int((frame["score"] > threshold.value).sum()),
+            },
+            NORMALISED_COLUMN: None
+            if reference is None
+            else {
+                "definition": NORMALISED_DEFINITION,
+                "reference": reference[1],
+                "n_normal": len(reference[0]),
             },
             "map_range": [vmin, vmax],
             "map": "patch logits -> bilinear to S x S -> Gaussian blur -> bilinear to the image's size",

@@ -7,6 +7,10 @@ run failed are listed under the table, and cells missing a class are marked `*`.
 shown beside ours ("ours / paper"); the paper's numbers are `best_on_test` with pretrained weights, so they are
 shown only on pretrained rows.
 
+Rows of the kNN baseline (`method` "patchcore_knn", generalad.method.patchcore) get rows of their own, labelled
+with the method; docs/method.md gives no PatchCore numbers, so their paper cell is empty: the paper's PatchCore
+used its own WideResNet-50 features, ours uses the store's backbone.
+
 By default only the latest run of each configuration counts (`latest_only`), so a store that a weekly schedule
 appends to gives this week's table. A suite that varies a setting (a sigma sweep, two view sets) labels each entry
 (`variant`, e.g. `sigma=0.5`), and every variant is its own table row; rows of one variant that still differ in
@@ -103,6 +107,9 @@ def _scope(
     if latest_only:
         frame = _latest(frame)
     frame = frame.copy()
+    if "method" not in frame.columns:  # frames from before the kNN method: all GeneralAD
+        frame["method"] = "generalad"
+    frame["method"] = frame["method"].fillna("generalad")
     frame["weights_kind"] = _weights_kind(frame["pretrained"].astype(bool))
     frame["column"] = frame["dataset"] if by == "dataset" else frame["shots"].astype("int64")
     return frame
@@ -124,7 +131,7 @@ def scoped_rows(
 
 
 def _row_keys(by: TableAxis) -> list[str]:
-    keys = ["backbone", "weights_kind", "weights", "variant", "selection"]
+    keys = ["method", "backbone", "weights_kind", "weights", "variant", "selection"]
     return ["dataset", *keys] if by == "shots" else keys
 
 
@@ -151,6 +158,7 @@ def failed_classes(
     failed = frame[frame["status"] == "failed"]
     cols = [
         "dataset",
+        "method",
         "backbone",
         "weights_kind",
         "weights",
@@ -244,7 +252,7 @@ def _check_one_config(frame: pd.DataFrame, cell_keys: list[str]) -> None:
 
 
 def _paper(metric: str, row: dict, by: TableAxis) -> float:
-    if row["weights_kind"] != "pretrained":
+    if row["weights_kind"] != "pretrained" or row.get("method", "generalad") != "generalad":
         return float("nan")
     if by == "dataset":
         value = paper.paper_value(metric, row["column"], row["backbone"], shots=None)
@@ -310,7 +318,15 @@ def render_table(
         _b=row_index["backbone"].map(_backbone_order),
         _s=row_index["selection"].map(lambda s: selections.index(s) if s in selections else len(selections)),
     )
-    order = [*(["dataset"] if by == "shots" else []), "_b", "weights_kind", "weights", "variant", "_s"]
+    order = [
+        *(["dataset"] if by == "shots" else []),
+        "method",
+        "_b",
+        "weights_kind",
+        "weights",
+        "variant",
+        "_s",
+    ]
     row_index = row_index.sort_values(order).drop(columns=["_b", "_s"])
     lookup = {(tuple(r[k] for k in keys), r["column"]): r for r in cells.to_dict("records")}
     if fmt == "csv":

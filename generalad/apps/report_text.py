@@ -24,6 +24,12 @@ METRIC_TITLES = {
     "aupro_reference": "AUPRO (reference variant)",
 }
 _MISSING = "–"
+_METHOD_TITLES = {"generalad": "GeneralAD", "patchcore_knn": "PatchCore-kNN"}
+
+
+def _shows_method(row_index: pd.DataFrame) -> bool:
+    """A method column only when some row is not GeneralAD (tables of GeneralAD alone look as they did)."""
+    return bool((row_index["method"] != "generalad").any())
 
 
 def column_title(column: object, by: TableAxis) -> str:
@@ -36,7 +42,8 @@ def _fmt(value: float, digits: int) -> str:
 
 def _failed_in_row(failed: pd.DataFrame, row: dict, by: TableAxis) -> list[str]:
     match = failed[
-        (failed["backbone"] == row["backbone"])
+        (failed["method"] == row["method"])
+        & (failed["backbone"] == row["backbone"])
         & (failed["weights"] == row["weights"])
         & (failed["variant"] == row["variant"])
         & ((failed["dataset"] == row["dataset"]) if by == "shots" else True)
@@ -46,8 +53,9 @@ def _failed_in_row(failed: pd.DataFrame, row: dict, by: TableAxis) -> list[str]:
 
 def csv_text(row_index, keys, columns, lookup, failed, metric, by, with_paper) -> str:
     records = []
+    shown = keys if _shows_method(row_index) else [k for k in keys if k != "method"]
     for row in row_index.to_dict("records"):
-        out = {("weights_id" if k == "weights" else k): row[k] for k in keys}
+        out = {("weights_id" if k == "weights" else k): row[k] for k in shown}
         out["metric"] = metric
         for column in columns:
             cell = lookup.get((tuple(row[k] for k in keys), column))
@@ -81,10 +89,18 @@ def markdown_text(
             f"Cells: ours / paper. Paper numbers: `{paper_selection}` selection, {paper.PAPER_WEIGHTS} "
             "weights, shown on pretrained rows only."
         )
+    show_method = _shows_method(row_index)
+    if show_method:
+        lines.append(
+            "PatchCore-kNN: nearest-neighbour distance to a coreset of the normal training patches of the same "
+            "feature store (our backbone). The paper's PatchCore used its own WideResNet-50 features; "
+            "docs/method.md does not give its numbers, so paper cells are shown for GeneralAD only."
+        )
     lines.append("")
     variants = bool(row_index["variant"].astype(bool).any())  # a column only when some entry is labelled
     head = [
         *(["dataset"] if by == "shots" else []),
+        *(["method"] if show_method else []),
         "backbone",
         "weights",
         *(["variant"] * variants),
@@ -96,6 +112,7 @@ def markdown_text(
     any_partial = False
     for row in row_index.to_dict("records"):
         text = [*([paper.DATASET_TITLES.get(row["dataset"], row["dataset"])] if by == "shots" else [])]
+        text += [_METHOD_TITLES.get(row["method"], row["method"])] if show_method else []
         text += [row["backbone"], row["weights_kind"], *([row["variant"]] * variants), row["selection"]]
         for column in columns:
             cell = lookup.get((tuple(row[k] for k in keys), column))

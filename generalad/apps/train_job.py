@@ -9,16 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from generalad.apps.model_io import load_model
+from generalad.apps.model_io import load_model, model_method, model_top_k
+from generalad.defaults import METHODS
 from generalad.devices import DEFAULT_PRECISION, resolve_device
+from generalad.errors import ConfigError
 from generalad.method.evaluation import Evaluation, evaluate
 from generalad.method.experiment import RunResult, metric_rows, run_one_class
+from generalad.method.knn_experiment import run_patchcore
+from generalad.method.patchcore import METHOD as PATCHCORE
+from generalad.method.patchcore import PatchCoreSettings
 from generalad.method.presets import Preset, preset_for
 from storage.feature_store import FeatureStore
 
 __all__ = [
     "resolve_preset",
     "feature_info",
+    "METHODS",
     "train_from_store",
     "evaluate_from_store",
     "SavedModelEvaluation",
@@ -68,12 +74,30 @@ def train_from_store(
     progress: bool = True,
     device: str = "auto",
     precision: str = DEFAULT_PRECISION,
+    method: str = "generalad",
+    knn: PatchCoreSettings | None = None,
 ) -> RunResult:
-    """Train and evaluate one discriminator on `store` with `normal_class` as the normal class, on
-    `device` (auto, cpu, cuda, cuda:N) in `precision` (fp32, tf32, bf16, fp16).
+    """Train and evaluate one model on `store` with `normal_class` as the normal class, on `device` (auto, cpu,
+    cuda, cuda:N) in `precision` (fp32, tf32, bf16, fp16; GeneralAD only).
 
-    `select_on_pixel` (stores with masks, with `eval_every_epoch`): also report `best_on_test_pixel`."""
+    `method` "generalad" trains a discriminator with `preset`; `select_on_pixel` (stores with masks, with
+    `eval_every_epoch`) also reports `best_on_test_pixel`. "patchcore_knn" builds a memory bank with the `knn`
+    settings (default: coreset ratio 0.1) and ignores the preset, `eval_every_epoch` and `select_on_pixel`.
+    """
     split = store.split(normal_class)
+    if method == PATCHCORE:
+        return run_patchcore(
+            store,
+            split,
+            knn,
+            seed=seed,
+            shots=shots,
+            masks=_test_masks(store, split.test_rows),
+            image_size=store.image_size,
+            device=resolve_device(device),
+        )
+    if method != "generalad":
+        raise ConfigError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     return run_one_class(
         store,
         split,
@@ -115,16 +139,16 @@ def evaluate_from_store(
                 f"store {store.url} has {key}={mine[key]!r} but the model in {model_dir} was trained on "
                 f"{key}={trained_on[key]!r}"
             )
-    preset = Preset.from_dict(config["preset"])
     split = store.split(config["normal_class"])
     evaluation = evaluate(
         model,
         store,
         split,
-        top_k=preset.top_k,
+        top_k=model_top_k(config),
         masks=_test_masks(store, split.test_rows),
         image_size=store.image_size,
         precision=precision,
     )
-    rows = metric_rows(evaluation, selection="last", epoch=int(config.get("epochs", preset.epochs)))
+    default_epochs = 0 if model_method(config) == PATCHCORE else Preset.from_dict(config["preset"]).epochs
+    rows = metric_rows(evaluation, selection="last", epoch=int(config.get("epochs", default_epochs)))
     return SavedModelEvaluation(evaluation, config, rows)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from generalad.cli import features, practitioner, suites, training
+from generalad.cli.config_file import expand_config
 from generalad.errors import GeneralADError
 
 __all__ = ["main", "build_parser"]
@@ -33,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        argv = expand_config(sys.argv[1:] if argv is None else argv, parser)  # `--config FILE.toml` tables
+    except GeneralADError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except GeneralADError as exc:

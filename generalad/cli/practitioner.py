@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from generalad.cli.common import add_backbone_options, add_device_option, add_precision_option, image_size_of
+from generalad.defaults import METHODS
 
 __all__ = ["add_parsers", "COMMANDS", "default_fit_store"]
 
@@ -78,9 +79,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--backbone-seed", type=int, default=0, help="seed of the random init (--weights random)"
     )
     add_precision_option(fit, "--train-precision", what="training and scoring")
+    fit.add_argument(
+        "--method",
+        choices=METHODS,
+        default="generalad",
+        help="generalad (train the discriminator) or patchcore_knn (a nearest-neighbour memory bank)",
+    )
+    fit.add_argument(
+        "--coreset-ratio", type=float, default=None, help="patchcore_knn: share of patches kept (default 0.1)"
+    )
     fit.add_argument("--grid-size", type=int, default=16, help="test images shown in report/grid.png")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     fit.add_argument("--no-progress", action="store_true")
+    fit.add_argument(
+        "--config",
+        default=None,
+        help="TOML file whose [fit-folder] table holds these options (flags override it)",
+    )
 
     predict = sub.add_parser(
         "predict",
@@ -88,10 +103,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Score images (files or folders, searched recursively) with a model folder written by "
         "`generalad fit-folder` or `generalad train`. Decision threshold (optional): --threshold VALUE, or "
         "--normal DIR: the --quantile (default 1.0 = the maximum) of the scores of those normal images, which "
-        "must not be training images; an image is flagged (pred=1) when its score is above the threshold.",
+        "must not be training images; an image is flagged (pred=1) when its score is above the threshold. "
+        "Without either, the model folder's threshold.json (written by fit-folder) is used. score_normalised: "
+        "the score as the fraction of normal reference scores below it (0..1).",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    predict.add_argument("--model", required=True, help="model folder (model.json + model.safetensors)")
+    predict.add_argument(
+        "--model",
+        required=True,
+        help="model folder (model.json + model.safetensors), or a .onnx file written by `generalad export`",
+    )
     predict.add_argument(
         "--out", required=True, help="output folder (scores.csv, overlays/, prediction.json)"
     )
@@ -107,6 +128,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="threshold = this quantile of the --normal scores (default max)",
+    )
+    predict.add_argument(
+        "--no-stored-threshold",
+        action="store_true",
+        help="ignore the model folder's threshold.json (by default it decides pred when neither --threshold nor "
+        "--normal is given, and its normal scores give score_normalised)",
     )
     predict.add_argument(
         "--weights",
@@ -135,6 +162,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_precision_option(predict, what="backbone and discriminator")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     predict.add_argument("--no-progress", action="store_true")
+    add_export_parser(sub)
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `export`: a model folder as one ONNX graph (backbone + model + score + map)."""
+    export = sub.add_parser(
+        "export",
+        help="export a model folder to ONNX: backbone, model, image score and anomaly map in one graph",
+        description="Input 0 `image`: float32 (B, 3, S, S), resized to S x S with PIL LANCZOS and normalised with "
+        "the ImageNet mean/std; output 0 `score` (B,), output 1 `map` (B, S, S); metadata image_size, mean, std, "
+        "model, threshold (JSON). Needs the `onnx` extra.",
+    )
+    export.add_argument("--model", required=True, help="model folder of train / fit-folder")
+    export.add_argument("--out", required=True, help="the .onnx file to write")
+    export.add_argument("--weights", default=None, help="the backbone weights file, for file-weights models")
+    export.add_argument("--overwrite", action="store_true")
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -162,32 +205,38 @@ def _print_metrics(rows: list[dict]) -> None:
         print(f"{row['metric']:<14}{row['value']:>9.4f}")
 
 
+def _fit_settings(args: argparse.Namespace):
+    from generalad.apps.fit_job import FitSettings
+
+    return FitSettings(
+        backbone=args.backbone,
+        weights=args.weights,
+        backbone_seed=args.backbone_seed,
+        image_size=image_size_of(args),
+        layers=tuple(args.layers),
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        train_precision=args.train_precision,
+        epochs=args.epochs,
+        overrides=_parse_overrides(args.overrides),
+        seed=args.seed,
+        method=args.method,
+        coreset_ratio=args.coreset_ratio,
+        progress=not args.no_progress,
+    )
+
+
 def _cmd_fit_folder(args: argparse.Namespace) -> int:
     import time
 
-    from generalad.apps.fit_folder import can_evaluate, fit_one_class, folder_dataset, write_fit_outputs
+    from generalad.apps.fit_folder import folder_dataset, write_fit_outputs
+    from generalad.apps.fit_job import run_fit_folder
     from generalad.apps.staging import refuse_existing
-    from generalad.apps.train_job import feature_info
-    from generalad.backbone import BackboneSpec
-    from generalad.data.preprocess import PREPROCESSING_SPEC
-    from generalad.errors import ConfigError
-    from generalad.method.presets import preset_for
-    from storage.extraction import extract_features
-    from storage.feature_store import FeatureStore
 
     out = refuse_existing(args.out, args.overwrite)
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
-    weights = args.weights
-    if weights not in ("hub", "random"):
-        weights = str(Path(weights).expanduser().resolve())
-    spec = BackboneSpec(
-        name=args.backbone,
-        weights=weights,
-        seed=args.backbone_seed,
-        image_size=image_size_of(args),
-        layers=tuple(args.layers),
-    )
+    settings = _fit_settings(args)
     dataset = folder_dataset(
         normal=args.normal,
         root=args.root,
@@ -195,21 +244,9 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
         test_anomalous=args.test_anomalous,
         masks=args.masks,
     )
-    preset = preset_for("folder").with_overrides(**_parse_overrides(args.overrides))
-    if args.epochs is not None:
-        preset = preset.with_overrides(epochs=args.epochs)
-    store_root = args.store or default_fit_store(out)
-
-    extraction = extract_features(
-        dataset,
-        spec,
-        store_root,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        progress=not args.no_progress,
-    )
+    run = run_fit_folder(dataset, settings, args.store or default_fit_store(out))
+    extraction, store, result, notes, timings = run.extraction, run.store, run.result, run.notes, run.timings
+    split = store.split("good")
     if extraction.reused:
         print(f"features: reused {extraction.url} (no backbone work)", file=sys.stderr)
     else:
@@ -218,44 +255,9 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
             f"{extraction.url}",
             file=sys.stderr,
         )
-    store = FeatureStore.open(extraction.url)
-    split = store.split("good")
-    notes: list[str] = []
-    evaluating = can_evaluate(split)
-    if not evaluating:
-        if len(split.test_rows) == 0:
-            notes.append("no test folders: trained only, no metrics")
-        else:
-            notes.append(
-                "test images of only one kind (normal or anomalous): trained and scored them, no metrics"
-            )
-        print(f"note: {notes[-1]}", file=sys.stderr)
-    masks = store.masks(split.test_rows) if store.has_masks and evaluating else None
-    started = time.perf_counter()
-    result = fit_one_class(
-        store,
-        split,
-        preset,
-        seed=args.seed,
-        masks=masks,
-        image_size=store.image_size,
-        progress=not args.no_progress,
-        device=args.device,
-        precision=args.train_precision,
-    )
-    fit_seconds = time.perf_counter() - started
-    info = feature_info(store) | {
-        "preprocessing": PREPROCESSING_SPEC,
-        "timm_version": store.fingerprint.get("timm_version"),
-        "backbone_seed": args.backbone_seed,
-    }
-    if weights not in ("hub", "random"):
-        info["weights_file"] = weights
-    timings = {
-        "extract": extraction.seconds,
-        "train": result.train_seconds,
-        "evaluate": result.eval_seconds if evaluating else fit_seconds - result.train_seconds,
-    }
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    info = run.info
     started = time.perf_counter()
     outputs = write_fit_outputs(
         result,
@@ -272,7 +274,7 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
     )
     report_seconds = time.perf_counter() - started
     print(
-        f"trained on {len(split.train_rows)} normal images, {preset.epochs} epochs; time: extract "
+        f"trained on {len(split.train_rows)} normal images, {result.epochs} epochs; time: extract "
         f"{timings['extract']:.1f} s, train {timings['train']:.1f} s, evaluate {timings['evaluate']:.1f} s, "
         f"report {report_seconds:.1f} s",
         file=sys.stderr,
@@ -285,6 +287,15 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
     print(f"report: {outputs.summary}")
     if outputs.grid is not None:
         print(f"grid:   {outputs.grid}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from generalad.apps.onnx_export import export_onnx
+
+    path = export_onnx(args.model, args.out, weights=args.weights, overwrite=args.overwrite)
+    print(f"exported {args.model} -> {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    print(path)
     return 0
 
 
@@ -306,6 +317,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         threshold=threshold,
         normal=normal,
         quantile=args.quantile,
+        stored_threshold=not args.no_stored_threshold,
         value_range=tuple(args.map_range) if args.map_range else None,
         alpha=args.alpha,
         batch_size=args.batch_size,
@@ -340,4 +352,4 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit-folder": _cmd_fit_folder, "predict": _cmd_predict}
+COMMANDS = {"fit-folder": _cmd_fit_folder, "predict": _cmd_predict, "export": _cmd_export}

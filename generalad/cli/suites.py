@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from generalad.cli.common import add_device_option, add_precision_option
 from generalad.defaults import SELECTIONS
@@ -15,7 +16,13 @@ __all__ = ["add_parsers", "COMMANDS"]
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `reproduce` and `report`."""
     reproduce = sub.add_parser("reproduce", help="run the reproduce-all flow on a suite (the main job)")
-    reproduce.add_argument("--suite", default="quickstart", help="table1..table5, fig4, quickstart, smoke")
+    reproduce.add_argument("--suite", default=None, help="table1..table5, fig4, quickstart (default), smoke")
+    reproduce.add_argument(
+        "--suite-file",
+        default=None,
+        help="your own suite as TOML: name, description, [[entries]] of the built-in suites' fields "
+        "(examples/my_suite.toml)",
+    )
     reproduce.add_argument(
         "--reports",
         default=None,
@@ -28,7 +35,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="'auto' (pretrained if available; else random for quickstart/smoke, an error for paper suites), "
         "'hub', 'random', or a file",
     )
-    reproduce.add_argument("--config", default=None, help="dataset roots TOML (default ./generalad.toml)")
+    reproduce.add_argument(
+        "--config",
+        default=None,
+        help="TOML with the dataset roots ([datasets], default ./generalad.toml) and optionally these options "
+        "([reproduce]; flags override it)",
+    )
     reproduce.add_argument(
         "--dask-address", default=None, help="existing Dask scheduler (default: LocalCluster)"
     )
@@ -85,7 +97,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from generalad.defaults import default_store_root
 
     plan = plan_suite(
-        args.suite,
+        args.suite or "quickstart",
         config=args.config,
         store=args.store or default_store_root(),
         weights=args.weights,
@@ -100,11 +112,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from flows.runtime import ensure_prefect_api
+    from flows.suite_file import load_suite_file
     from generalad.defaults import default_reports_root, default_store_root
 
     args.reports = args.reports or default_reports_root()
 
+    if args.suite and args.suite_file:
+        raise GeneralADError("give either --suite or --suite-file, not both")
+    if args.suite_file:
+        load_suite_file(args.suite_file)  # validated before any Prefect start-up
+
     if args.plan:
+        if args.suite_file:
+            raise GeneralADError("--plan takes a named --suite, not --suite-file")
         return _cmd_plan(args)
     with ensure_prefect_api() as api:
         from flows.reproduce import SuiteFailed, reproduce_all
@@ -112,7 +132,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"Prefect API: {api.url}", file=sys.stderr)
         try:
             summary = reproduce_all(
-                suite=args.suite,
+                suite=args.suite or "quickstart",
+                suite_file=str(Path(args.suite_file).resolve()) if args.suite_file else None,
                 reports=args.reports,
                 store=args.store or default_store_root(),
                 weights=args.weights,

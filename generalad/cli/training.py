@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from generalad.cli.common import add_device_option, add_precision_option, print_metrics, refuse_existing
+from generalad.defaults import METHODS
 
 __all__ = ["add_parsers", "COMMANDS"]
 
@@ -28,9 +29,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     add_device_option(train)
     add_precision_option(train, what="training and scoring")
+    train.add_argument(
+        "--method",
+        choices=METHODS,
+        default="generalad",
+        help="generalad (train the discriminator) or patchcore_knn (a nearest-neighbour memory bank of the "
+        "normal patches; no training, --preset/--epochs/--eval-every-epoch do not apply)",
+    )
+    train.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=None,
+        help="patchcore_knn: share of the training patches kept in the bank (default 0.1, the PatchCore "
+        "paper's main setting; 0.01 is its cheap variant, 1 keeps all)",
+    )
     train.add_argument("--out", required=True, help="output folder (model, metrics.json, scores.parquet)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument(
+        "--config", default=None, help="TOML file whose [train] table holds these options (flags override it)"
+    )
 
     evaluate = sub.add_parser("evaluate", help="score a store's test split with a saved model")
     evaluate.add_argument("--store", required=True)
@@ -46,6 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from generalad.apps.train_job import feature_info, resolve_preset, train_from_store
     from storage.feature_store import FeatureStore
 
+    knn = _knn_settings(args)
     store = FeatureStore.open(args.store)
     preset = resolve_preset(store, args.preset, {"epochs": args.epochs} if args.epochs else None)
     refuse_existing(args.out, args.overwrite)
@@ -59,19 +78,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
         precision=args.precision,
+        method=args.method,
+        knn=knn,
     )
     info = feature_info(store)
     out = write_run_outputs(
         result,
         args.out,
         image_ids=store.manifest["image_id"].to_numpy(),
-        extra_columns={"dataset": store.dataset, "class_name": args.normal_class, "seed": args.seed},
+        extra_columns={
+            "dataset": store.dataset,
+            "class_name": args.normal_class,
+            "seed": args.seed,
+            "method": args.method,
+        },
         feature_info=info,
         overwrite=args.overwrite,
     )
+    what = f"{result.epochs} epochs" if knn is None else f"{result.model.bank.shape[0]} bank patches"
     print(
-        f"trained {store.dataset} class {args.normal_class!r}: {len(result.train_rows)} images, "
-        f"{result.epochs} epochs, {result.train_seconds:.1f} s on {result.device} ({result.precision}); "
+        f"{args.method} on {store.dataset} class {args.normal_class!r}: {len(result.train_rows)} images, "
+        f"{what}, {result.train_seconds:.1f} s on {result.device} ({result.precision}); "
         f"backbone {info['backbone']} ({info['weights']})",
         file=sys.stderr,
     )
@@ -80,8 +107,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _knn_settings(args: argparse.Namespace):
+    """The kNN settings for --method patchcore_knn (None for generalad); refuses options of the other method."""
+    from generalad.errors import ConfigError
+    from generalad.method.patchcore import PatchCoreSettings
+
+    if args.method == "generalad":
+        if args.coreset_ratio is not None:
+            raise ConfigError("--coreset-ratio belongs to --method patchcore_knn")
+        return None
+    given = [
+        flag for flag, value in (("--epochs", args.epochs), ("--preset", args.preset)) if value is not None
+    ]
+    if args.eval_every_epoch:
+        given.append("--eval-every-epoch")
+    if given:
+        raise ConfigError(f"{', '.join(given)} do not apply to --method {args.method} (nothing is trained)")
+    if args.coreset_ratio is None:
+        return PatchCoreSettings()
+    return PatchCoreSettings(coreset_ratio=args.coreset_ratio)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from generalad.apps.model_io import write_evaluation_outputs
+    from generalad.apps.model_io import model_method, write_evaluation_outputs
     from generalad.apps.train_job import evaluate_from_store
     from storage.feature_store import FeatureStore
 
@@ -93,6 +141,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         saved.metrics,
         args.out,
         image_ids=store.manifest["image_id"].to_numpy(),
+        extra_columns={"method": model_method(saved.config)},
         overwrite=args.overwrite,
     )
     print_metrics(saved.metrics)

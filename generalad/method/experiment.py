@@ -41,8 +41,8 @@ class RunResult:
     """Everything one experiment produced.
 
     Attributes:
-        model: the discriminator after the last epoch (eval mode).
-        preset: the settings used (``epochs`` already overridden when asked).
+        model: the discriminator after the last epoch (eval mode); the ``PatchCoreModel`` for the kNN method.
+        preset: the settings used (``epochs`` already overridden when asked); ``PatchCoreSettings`` for kNN.
         seed: the run's seed.
         shots: few-shot size, or None for the full training set.
         normal_class: the split's normal class.
@@ -81,6 +81,11 @@ class RunResult:
     @property
     def epochs(self) -> int:
         return self.preset.epochs
+
+    @property
+    def method(self) -> str:
+        """The report's `method`: "generalad", or "patchcore_knn" (``generalad.method.knn_experiment``)."""
+        return getattr(self.preset, "method", "generalad")
 
     @property
     def best_epoch(self) -> int | None:

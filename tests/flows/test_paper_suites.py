@@ -172,16 +172,24 @@ def test_table1_every_dataset_and_backbone(suite_env):
     summary = _completed(_run(suite_env, "table1"))
     *_, frame, _, suite = _run(suite_env, "table1")
     head, body = _table(summary["table"])
-    assert head == ["backbone", "weights", "selection", *_titles(paper.DATASET_TITLES)]
-    assert [row[0] for row in body] == sorted(TINY_FOR_PAPER[b] for b in paper.BACKBONES.values())
-    assert all(row[2] == "last" for row in body)
-    # each cell is the class mean of its rows, in percent
+    assert head == ["method", "backbone", "weights", "selection", *_titles(paper.DATASET_TITLES)]
+    tiny = sorted(TINY_FOR_PAPER[b] for b in paper.BACKBONES.values())
+    assert [(row[0], row[1]) for row in body] == [
+        (m, b) for m in ("GeneralAD", "PatchCore-kNN") for b in tiny
+    ]
+    assert all(row[3] == "last" for row in body)
+    assert "WideResNet-50" in summary["table"]  # the kNN rows are labelled
+    # each cell is the class mean of its method's rows, in percent; the kNN rows have no paper number
     ok = _ok(frame, metric="image_auroc", selection="last")
     assert set(ok["suite"]) == {"table1"} and set(ok["variant"]) == {""}
+    methods = {"GeneralAD": "generalad", "PatchCore-kNN": "patchcore_knn"}
     for row in body:
-        for dataset, cell in zip(paper.DATASET_TITLES, row[3:], strict=True):
-            value = ok[(ok["backbone"] == row[0]) & (ok["dataset"] == dataset)]["value"].mean() * 100
+        of_row = ok[(ok["method"] == methods[row[0]]) & (ok["backbone"] == row[1])]
+        for dataset, cell in zip(paper.DATASET_TITLES, row[4:], strict=True):
+            value = of_row[of_row["dataset"] == dataset]["value"].mean() * 100
             assert cell.startswith(f"{value:.1f} / ")
+            if row[0] == "PatchCore-kNN":
+                assert cell.endswith(" / –")
 
 
 # ------------------------------------------------------------------ table2
@@ -213,18 +221,20 @@ def test_table3_mean_and_sample_std_over_seeds(suite_env):
     *_, frame, _, _ = _run(suite_env, "table3")
     head, body = _table(summary["table"])
     assert head == ["dataset · backbone", *[f"{s}-shot" for s in TABLE3_SHOTS]]
-    assert [row[0] for row in body] == sorted(
-        f"MVTec-AD · {TINY_FOR_PAPER[b]}" for b in paper.BACKBONES.values()
-    )
+    tiny = sorted(f"MVTec-AD · {TINY_FOR_PAPER[b]}" for b in paper.BACKBONES.values())
+    assert [row[0] for row in body] == tiny + [f"{name} · PatchCore-kNN" for name in tiny]
     ok = _ok(frame, metric="image_auroc", selection="last")
     assert set(ok["shots"]) == set(TABLE3_SHOTS) and set(ok["seed"]) == set(TABLE3_SEEDS)
+    assert set(ok["method"]) == {"generalad", "patchcore_knn"}
     for row in body:
         backbone = row[0].split(" · ")[1]
+        method = "patchcore_knn" if row[0].endswith("PatchCore-kNN") else "generalad"
         for shots, cell in zip(TABLE3_SHOTS, row[1:], strict=True):
-            values = ok[(ok["backbone"] == backbone) & (ok["shots"] == shots)]["value"].to_numpy() * 100
+            mine = ok[(ok["method"] == method) & (ok["backbone"] == backbone) & (ok["shots"] == shots)]
+            values = mine["value"].to_numpy() * 100
             mean = values.mean()
             std = math.sqrt(((values - mean) ** 2).sum() / (len(values) - 1))  # sample std, ddof 1
-            assert cell == f"{mean:.1f} ± {std:.1f} / –"  # tiny backbones have no paper number
+            assert cell == f"{mean:.1f} ± {std:.1f} / –"  # tiny backbones (and the kNN) have no paper number
 
 
 # ------------------------------------------------------------------ table4

@@ -112,7 +112,18 @@ def test_overlays_have_each_images_own_size_and_scores_match_the_fit(fitted, pre
     model, _, _ = fitted
     out, stdout = predicted
     scores = pd.read_csv(out / "scores.csv")
-    assert len(scores) == 8 and "pred" not in scores.columns
+    assert len(scores) == 8
+    stored = json.loads((model / "threshold.json").read_text())  # fit-folder's: max of the normal test scores
+    fit_table = pd.read_csv(model / "report" / "test_scores.csv")
+    assert stored["value"] == pytest.approx(fit_table.loc[fit_table["label"] == 0, "score"].max())
+    assert scores["pred"].tolist() == (scores["score"] > stored["value"]).astype(int).tolist()
+    normal = np.sort(fit_table.loc[fit_table["label"] == 0, "score"].to_numpy())
+    expected = [((normal < s).sum() + (normal <= s).sum()) / (2 * len(normal)) for s in scores["score"]]
+    assert scores["score_normalised"].tolist() == pytest.approx(expected, abs=1e-6)
+    assert scores["score_normalised"].between(0, 1).all()
+    summary = json.loads((out / "prediction.json").read_text())
+    assert summary["threshold"]["rule"].startswith("stored in the model folder")
+    assert "empirical CDF" in summary["score_normalised"]["definition"]
     for row in scores.itertuples(index=False):
         with Image.open(row.image) as source, Image.open(out / row.overlay) as picture:
             assert picture.format == "PNG" and picture.mode == "RGB"
@@ -181,6 +192,12 @@ def test_threshold_from_normal_images_flags_scores_above_their_maximum(fitted, f
         folders.anomalous,
     )
     assert code == 0 and pd.read_csv(tmp_path / "q" / "scores.csv")["pred"].sum() == 0
+    code, _, _ = run_cli(
+        "predict", "--model", model, "--out", tmp_path / "r", "--no-stored-threshold", "--no-progress",
+        folders.anomalous,
+    )  # fmt: skip
+    plain = pd.read_csv(tmp_path / "r" / "scores.csv")
+    assert code == 0 and "pred" not in plain.columns and "score_normalised" not in plain.columns
 
 
 def test_predict_bad_inputs_fail_cleanly_or_are_recorded(fitted, folders, tmp_path):
