@@ -34,7 +34,7 @@ from flows.extract_suite import extract_all as _extract_all
 from flows.fanout import Outcome, is_reused, train_all, train_classes
 from flows.plan_build import default_data_home, plan_suite, resolve_datasets
 from flows.plan_report import render_plan
-from flows.runtime import new_run_id
+from flows.runtime import check_scheduler, new_run_id
 from flows.suite_file import load_suite_file
 from flows.suites import Suite, get_suite
 from flows.train import ClassResult, failed_rows_of
@@ -113,6 +113,7 @@ def reproduce_all(
     Raises:
         SuiteFailed: naming every missing dataset, failed extraction and failed class task, after the rows of
             everything that ran were written.
+        SchedulerUnreachable: at once, before any extraction, when the named scheduler does not answer.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -127,6 +128,7 @@ def reproduce_all(
         logger.info("plan of suite %s:\n%s", suite, text)
         create_markdown_artifact(f"```\n{text}\n```", key="reproduce-plan", description="reproduce-all plan")
         return {"plan": text, "estimate": plan.estimate(), "totals": plan.totals}
+    dask_address = check_scheduler(dask_address)
     run_id = run_id or new_run_id(the_suite.name)
 
     # 1. datasets

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from generalad.errors import GeneralADError
+
 __all__ = [
     "local_prefect_server",
     "ensure_prefect_api",
@@ -30,6 +32,8 @@ __all__ = [
     "plan_dask",
     "gpu_lanes",
     "worker_device",
+    "SchedulerUnreachable",
+    "check_scheduler",
     "OFFLINE_ENV",
 ]
 
@@ -283,6 +287,43 @@ def worker_device(device: str, gpus: int) -> str:
         return f"cuda:{int(worker_name) % gpus}"
     except (TypeError, ValueError):  # an external cluster's named workers: hash the name onto a GPU
         return f"cuda:{sum(map(ord, str(worker_name))) % gpus}"
+
+
+class SchedulerUnreachable(GeneralADError):
+    """The Dask scheduler named by `dask_address` / DASK_SCHEDULER_ADDRESS does not answer."""
+
+
+SCHEDULER_TIMEOUT_S = 5.0
+
+
+def check_scheduler(address: str | None = None, *, timeout_s: float = SCHEDULER_TIMEOUT_S) -> str | None:
+    """The scheduler address a run will use (`address`, else `$DASK_SCHEDULER_ADDRESS`, else None for a
+    LocalCluster), after checking that something accepts connections there within `timeout_s`.
+
+    Without this check a wrong address costs distributed's connect timeout (30 s by default) per attempt, after
+    the extraction has already run; with it the flow fails at once, naming the address.
+
+    Raises:
+        SchedulerUnreachable: nothing listens at the address (refused, unroutable, timed out), or it is not a
+            `host:port` address.
+    """
+    from distributed.comm.addressing import get_address_host_port
+
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if not address:
+        return None
+    fix = "start the scheduler, or unset dask_address / DASK_SCHEDULER_ADDRESS to use a LocalCluster"
+    try:
+        host, port = get_address_host_port(address)
+    except ValueError as exc:
+        raise SchedulerUnreachable(f"{address!r} is not a Dask scheduler address ({exc}); {fix}") from exc
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SchedulerUnreachable(
+            f"no Dask scheduler answers at {address} within {timeout_s:g} s ({exc}); {fix}"
+        ) from exc
+    return address
 
 
 def new_run_id(prefix: str) -> str:

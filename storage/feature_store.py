@@ -18,6 +18,11 @@ never read for training. Writes are deterministic, so two writers of the same sh
 Reads: tokens and attention rows are read as byte ranges of the shard files, one request per run of adjacent
 rows (`storage.row_reads`), and cast to float32 with torch; ``reads="zarr"`` (or ``GENERALAD_STORE_READS=zarr``)
 reads through Zarr slices and orthogonal selections instead, the path before `storage.row_reads`.
+
+On an object store (s3://...) nothing relies on a rename: each shard of an array is one object written by one PUT
+(the writer writes whole shards), each marker and COMPLETE.json is one PUT written after what it vouches for, and
+listings are read fresh. A writer killed mid-shard leaves objects without a marker: invisible to readers (the
+store has no COMPLETE.json) and rewritten whole by the next writer.
 """
 
 from __future__ import annotations
@@ -207,12 +212,9 @@ class StoreWriter:
                 path.unlink(missing_ok=True)
 
     def done_shards(self) -> set[int]:
-        fs, path = urls.filesystem(urls.join(self.url, SHARDS_DIR))
-        if not fs.exists(path):
-            return set()
-        return {
-            int(p.rsplit("/", 1)[-1].split(".")[0]) for p in fs.ls(path, detail=False) if p.endswith(".json")
-        }
+        """The shards whose marker exists (markers are written after the shard's bytes, each in one write)."""
+        names = urls.list_names(urls.join(self.url, SHARDS_DIR))
+        return {int(name.split(".")[0]) for name in names if re.fullmatch(r"\d+\.json", name)}
 
     def write_shard(
         self, shard: int, tokens: np.ndarray, cls_attn: np.ndarray, masks: np.ndarray | None = None

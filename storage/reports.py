@@ -6,8 +6,12 @@ Layout (hive partitions, one file per run and partition, never shared between ru
     <url>/scores/dataset=<dataset>/backbone=<backbone>/<run_id>-<uuid32>.parquet
 
 The partition columns live in the directory names only. Guarantees:
-- no half-written file is ever visible: each file is written under a hidden temporary name
-  (`.<basename>.tmp`, skipped by pyarrow's discovery and by `*.parquet` globs) and then moved into place;
+- no half-written file is ever visible: on a local disk each file is written under a hidden temporary name
+  (`.<basename>.tmp`, skipped by pyarrow's discovery and by `*.parquet` globs) and then renamed into place; on
+  an object store (no atomic rename there) each file is encoded in memory and placed by one PUT, which makes it
+  visible whole or not at all;
+- a run's score files are placed before its metric files, so a run whose metric rows are visible has all its
+  scores too (a writer killed in between leaves scores without metrics, which no table reads as a result);
 - a run appears (almost) at once: every file of a `write_run` is encoded first, then all are moved into place, so
   a writer killed while encoding leaves nothing visible (only a kill during the renames leaves part of a run, and
   one during the deletion of a rerun's older files leaves both versions; `bench/faults.py` measures this);
@@ -113,9 +117,10 @@ class ReportStore:
             ValueError: when there is nothing to write, or a row belongs to another run or fails validation.
         """
         check_name("run_id", run_id)
-        tables = {"metrics": metric_table(list(metric_rows))}
-        if score_rows is not None:
+        tables = {}
+        if score_rows is not None:  # placed first: visible metric rows imply the run's scores are there
             tables["scores"] = score_table(score_rows)
+        tables["metrics"] = metric_table(list(metric_rows))
         if not sum(t.num_rows for t in tables.values()):
             raise ValueError(f"run {run_id!r}: nothing to write (no metric or score rows)")
         for kind, table in tables.items():
@@ -127,7 +132,7 @@ class ReportStore:
         # Encode every file first (hidden temporaries), then move them all into place: a writer killed while
         # encoding leaves nothing visible, and the window in which part of a run is visible shrinks to the
         # renames. Only then are the run's older files removed.
-        staged: list[tuple[str, str]] = []
+        staged: list[tuple[str | bytes, str]] = []
         written: list[str] = []
         try:
             for kind, table in tables.items():
@@ -140,7 +145,7 @@ class ReportStore:
         except BaseException:
             for tmp, _ in staged:
                 with contextlib.suppress(OSError):
-                    if self.fs.exists(tmp):
+                    if isinstance(tmp, str) and self.fs.exists(tmp):
                         self.fs.rm(tmp)
             for path in written:
                 with contextlib.suppress(OSError):
@@ -181,8 +186,13 @@ class ReportStore:
     def _new_path(self, kind: str, run_id: str, dataset: str, backbone: str) -> str:
         return f"{self.root}/{kind}/dataset={dataset}/backbone={backbone}/{run_id}-{uuid.uuid4().hex}.parquet"
 
-    def _stage(self, table: pa.Table, path: str) -> str:
-        """Write `table` to a hidden temporary file next to `path` (not yet visible); returns its path."""
+    def _stage(self, table: pa.Table, path: str) -> str | bytes:
+        """Write `table` to a hidden temporary file next to `path` (not yet visible) and return its path; on an
+        object store, encode it in memory and return the bytes (one PUT places them in `_commit`)."""
+        if not isinstance(self.fs, LocalFileSystem):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            return sink.getvalue().to_pybytes()
         folder, name = path.rsplit("/", 1)
         tmp = f"{folder}/.{name}.tmp"
         self.fs.makedirs(folder, exist_ok=True)
@@ -196,15 +206,19 @@ class ReportStore:
             raise
         return tmp
 
-    def _commit(self, tmp: str, path: str) -> None:
-        """Make a fully written temporary file visible (an atomic rename on local disks)."""
-        self.fs.mv(tmp, path)
+    def _commit(self, staged: str | bytes, path: str) -> None:
+        """Make a fully written file visible: an atomic rename on local disks, one PUT on an object store."""
+        if isinstance(staged, bytes):
+            self.fs.pipe_file(path, staged)
+        else:
+            self.fs.mv(staged, path)
 
     def _files(self, kinds: Iterable[str] = tuple(_TABLES)) -> list[tuple[str, str]]:
         """(path, run_id) of every visible report file."""
         out = []
         for kind in kinds:
             base = f"{self.root}/{kind}"
+            self.fs.invalidate_cache(base)  # other processes write here: list the store, not a cached listing
             if not self.fs.exists(base):
                 continue
             for path in self.fs.find(base):
@@ -262,6 +276,7 @@ class ReportStore:
             term = _equals(name, value)
             expr = term if expr is None else expr & term
         base = f"{self.root}/{kind}"
+        self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             table = schema.empty_table()
         else:

@@ -1,4 +1,15 @@
-"""fsspec URLs and local paths, handled the same way everywhere in `storage`."""
+"""fsspec URLs and local paths, handled the same way everywhere in `storage`.
+
+Object stores (`s3://`, `gs://`, ...) are addressed by URL only; where they are and how to sign in come from the
+filesystem's own configuration, never from our code or a report: for S3, botocore's environment
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, ...) or fsspec's (`FSSPEC_S3_ENDPOINT_URL`,
+`FSSPEC_S3='{"endpoint_url": ...}'`, or a JSON file in `$FSSPEC_CONFIG_DIR`), read by every process that opens
+the URL (the flow, each Dask worker).
+
+An object store has no atomic rename, but a PUT is atomic: an object is visible whole or not at all. So
+completeness never relies on a rename there: every small file (a shard marker, COMPLETE.json, a manifest, a report
+file) is one PUT of bytes encoded in memory, and what says "done" is written last.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +23,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage import faultpoints
 
-__all__ = ["normalize", "join", "filesystem", "is_local", "zarr_store", "write_bytes_atomic", "exists"]
+__all__ = [
+    "normalize",
+    "join",
+    "filesystem",
+    "is_local",
+    "zarr_store",
+    "write_bytes_atomic",
+    "exists",
+    "list_names",
+]
 
 # zarr 3 warns that consolidated metadata is not yet part of the v3 spec; we use it knowingly.
 warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
@@ -47,8 +67,20 @@ def is_local(url: str) -> bool:
 
 
 def exists(url: str) -> bool:
+    """Whether `url` exists now: asks the store, not this process's cached listing (s3fs caches listings, and
+    another process may have written a marker since)."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)
     return fs.exists(path)
+
+
+def list_names(url: str) -> list[str]:
+    """The names directly under the folder `url` (fresh, as in `exists`); [] when it does not exist."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return []
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
 
 
 def zarr_store(url: str, *, read_only: bool = False) -> zarr.abc.store.Store:
@@ -60,7 +92,8 @@ def zarr_store(url: str, *, read_only: bool = False) -> zarr.abc.store.Store:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write a small file so that readers see either nothing or all of it (temp name, then rename/move)."""
+    """Write a small file so that readers see either nothing or all of it: on a local disk a temporary name,
+    fsync, then an atomic rename; on an object store one PUT (no temporary object, no copy)."""
     fs, path = filesystem(url)
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
@@ -73,5 +106,6 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         faultpoints.reach("temp-written", url=url)
         os.replace(tmp, path)
     else:
-        # object stores publish a whole object on close; there is no partial visibility to guard against
+        # one PUT: the object appears whole when the upload completes, or not at all (a writer killed
+        # mid-upload leaves nothing)
         fs.pipe_file(path, data)
