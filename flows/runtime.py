@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -307,16 +308,17 @@ def check_scheduler(address: str | None = None, *, timeout_s: float = SCHEDULER_
         SchedulerUnreachable: nothing listens at the address (refused, unroutable, timed out), or it is not a
             `host:port` address.
     """
-    from distributed.comm.addressing import get_address_host_port
-
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if not address:
         return None
     fix = "start the scheduler, or unset dask_address / DASK_SCHEDULER_ADDRESS to use a LocalCluster"
     try:
-        host, port = get_address_host_port(address)
+        parts = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+        host, port = parts.hostname, parts.port
     except ValueError as exc:
-        raise SchedulerUnreachable(f"{address!r} is not a Dask scheduler address ({exc}); {fix}") from exc
+        host, port = None, exc
+    if not host or not isinstance(port, int):
+        raise SchedulerUnreachable(f"{address!r} is not a Dask scheduler address (host:port); {fix}")
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
