@@ -22,7 +22,7 @@ import pytest
 
 from storage import urls
 from storage.reports import ReportStore
-from tests.fixtures.services import dask_cluster, free_port, moto_s3, project_env, s3_env
+from tests.fixtures.services import dask_cluster, forget_s3_clients, free_port, moto_s3, project_env, s3_env
 
 pytestmark = pytest.mark.slow
 
@@ -32,23 +32,24 @@ BUCKET = "generalad-flows"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server; this process (and every process started after this) points at it; one bucket."""
-    import s3fs
-
     with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint, pytest.MonkeyPatch.context() as patch:
         for key, value in s3_env(endpoint).items():
             patch.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_clients()
         try:
             urls.filesystem(f"s3://{BUCKET}")[0].mkdir(BUCKET)
             yield endpoint
         finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+            forget_s3_clients()
 
 
 @pytest.fixture(scope="module")
 def cluster(prefect_api, data_home, s3, tmp_path_factory):
-    """Scheduler + 2 workers, environment = this process's (Prefect API, S3 endpoint) + the project path."""
-    with dask_cluster(project_env(), tmp_path_factory.mktemp("dask-logs"), n_workers=2) as running:
+    """Scheduler + 2 workers, environment = this process's (Prefect API, S3 credentials) + the project path; the
+    workers get the S3 endpoint the other documented way, from fsspec's configuration (FSSPEC_S3_ENDPOINT_URL)."""
+    env = project_env()
+    env["FSSPEC_S3_ENDPOINT_URL"] = env.pop("AWS_ENDPOINT_URL")
+    with dask_cluster(env, tmp_path_factory.mktemp("dask-logs"), n_workers=2) as running:
         yield running
 
 

@@ -27,7 +27,7 @@ from storage.extraction import extract_features
 from storage.feature_store import FeatureStore
 from storage.report_schema import MetricRow, scores_from_arrays
 from storage.reports import ReportStore
-from tests.fixtures.services import moto_s3, project_env, s3_env
+from tests.fixtures.services import forget_s3_clients, moto_s3, project_env, s3_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,19 +39,17 @@ SHARD_SIZE = 4
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """The S3 server's endpoint, this process and its children pointed at it, and an empty bucket."""
-    import s3fs
-
     logs = tmp_path_factory.mktemp("s3-logs")
     with moto_s3(logs) as endpoint, pytest.MonkeyPatch.context() as patch:
         for key, value in s3_env(endpoint).items():
             patch.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()  # no client bound to another test's endpoint
+        forget_s3_clients()  # no client bound to another test's endpoint
         try:
             fs, _ = urls.filesystem(f"s3://{BUCKET}")
             fs.mkdir(BUCKET)
             yield endpoint
         finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+            forget_s3_clients()
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +118,8 @@ def test_extraction_killed_mid_shard_on_s3_then_resumed(s3, quickstart, tmp_path
     with pytest.raises(StoreError, match="incomplete"):
         FeatureStore(url)
     fs, path = urls.filesystem(url)
-    fs.ls(
-        f"{path}/_shards"
-    )  # now this process holds a cached listing with two markers (s3fs caches listings)
+    # now this process holds a cached listing with two markers (s3fs caches listings)
+    fs.ls(f"{path}/_shards")
 
     again = _extract_in_child(quickstart, store_root)
     assert again.returncode == 0, again.stderr[-2000:]
