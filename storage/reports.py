@@ -129,7 +129,8 @@ class ReportStore:
                 raise ValueError(f"{kind} rows of run {run_id!r} carry other run ids: {sorted(other)}")
 
         older = self._run_files(run_id)
-        # Encode every file first (hidden temporaries), then move them all into place: a writer killed while
+        # Encode every file first (hidden temporaries; bytes in memory on an object store), then place them all
+        # (renames; one PUT each on an object store), scores before metrics: a writer killed while
         # encoding leaves nothing visible, and the window in which part of a run is visible shrinks to the
         # renames. Only then are the run's older files removed.
         staged: list[tuple[str | bytes, str]] = []
