@@ -311,6 +311,8 @@ def check_scheduler(address: str | None = None, *, timeout_s: float = SCHEDULER_
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if not address:
         return None
+    if address.startswith("inproc://"):
+        return address  # a scheduler in this very process: nothing to connect to
     fix = "start the scheduler, or unset dask_address / DASK_SCHEDULER_ADDRESS to use a LocalCluster"
     try:
         parts = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
