@@ -27,6 +27,7 @@ from storage.extraction import extract_features
 from storage.feature_store import FeatureStore
 from storage.report_schema import MetricRow, scores_from_arrays
 from storage.reports import ReportStore
+from tests.fixtures.rows import row_config
 from tests.fixtures.services import forget_s3_clients, moto_s3, project_env, s3_env
 
 pytestmark = pytest.mark.slow
@@ -148,6 +149,7 @@ def test_extraction_killed_mid_shard_on_s3_then_resumed(s3, quickstart, tmp_path
 def _metric_rows(run_id: str, dataset: str) -> list[MetricRow]:
     return [
         MetricRow(
+            **row_config(),
             run_id=run_id,
             dataset=dataset,
             backbone="vit_small_patch14_dinov2",
