@@ -19,10 +19,9 @@ Reads: tokens and attention rows are read as byte ranges of the shard files, one
 rows (`storage.row_reads`), and cast to float32 with torch; ``reads="zarr"`` (or ``GENERALAD_STORE_READS=zarr``)
 reads through Zarr slices and orthogonal selections instead, the path before `storage.row_reads`.
 
-On an object store (s3://...) nothing relies on a rename: each shard of an array is one object written by one PUT
-(the writer writes whole shards), each marker and COMPLETE.json is one PUT written after what it vouches for, and
-listings are read fresh. A writer killed mid-shard leaves objects without a marker: invisible to readers (the
-store has no COMPLETE.json) and rewritten whole by the next writer.
+On an object store (s3://) nothing relies on a rename: array shards, markers and COMPLETE.json are one PUT each,
+each after what it vouches for, and listings are read fresh; a writer killed mid-shard leaves objects without a
+marker, unread (no COMPLETE.json) and rewritten whole by the next writer.
 """
 
 from __future__ import annotations
