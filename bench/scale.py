@@ -7,9 +7,10 @@ at ViT-L/518 it would be 168 GB). The 1,000-image store has the same shape at 1/
 
 Each run is a fresh child process (this script with ``--child``): `train_from_store` for class 0 with the
 cifar10 preset (clean + noise_all, 250 images drawn per epoch) for a few epochs, evaluated after every epoch
-(the `reproduce-all` default), so one epoch = the 250-image training pass + the full test pass. It reports its
-own peak RSS (VmHWM), the wall time per epoch, and the rows the store served (every `FeatureStore.read` counted),
-from which the bytes one class reads per epoch follow for any N, E and dtype (README "Scaling out").
+(the `reproduce-all` default), so one epoch = the 250-image training pass + the full test pass (the test tokens
+are read from the store once and held in memory when they fit the budget, as they do here). It reports its own
+peak RSS (VmHWM), the wall time per epoch, and the rows the store served (every `FeatureStore.read` counted),
+from which the bytes one class reads follow for any N, E and dtype (README "Scaling out").
 
 Usage::
 
