@@ -49,7 +49,12 @@ def s3(tmp_path_factory):
 def cluster(prefect_api, data_home, s3, tmp_path_factory):
     """Scheduler + 2 workers, environment = this process's (Prefect API, S3 credentials) + the project path; the
     workers get the S3 endpoint the other documented way, from fsspec's configuration (FSSPEC_S3_ENDPOINT_URL)."""
-    env = project_env()
+    from flows.runtime import plan_dask
+
+    # torch threads as the reference LocalCluster run's task sets them: other thread counts change float sums,
+    # and the smoke model's scores are close enough to ties for that to move its AUROC
+    threads = str(plan_dask(1, n_workers=1).torch_threads)
+    env = project_env(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env["FSSPEC_S3_ENDPOINT_URL"] = env.pop("AWS_ENDPOINT_URL")
     with dask_cluster(env, tmp_path_factory.mktemp("dask-logs"), n_workers=2) as running:
         yield running
