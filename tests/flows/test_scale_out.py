@@ -105,7 +105,7 @@ def test_external_cluster_gives_the_local_cluster_auroc(cluster, reference, stor
 
     reports = ReportStore(str(tmp_path / "reports"))
     summary = reproduce_all(
-        suite="smoke", reports=reports.url, store=str(store_root), dask_address=cluster.address
+        suite="smoke", reports=reports.url, store=str(store_root), dask_address=cluster.address, retrain=True
     )
     assert [s["reused"] for s in summary["extractions"]] == [True]  # the reference run built the store
     assert any("train" in prefix for prefix in _ran_on(cluster.address))
@@ -119,7 +119,9 @@ def test_store_and_reports_on_s3_with_the_external_cluster(cluster, reference):
     from flows.reproduce import reproduce_all
 
     store, reports_url = f"s3://{BUCKET}/stores", f"s3://{BUCKET}/reports"
-    summary = reproduce_all(suite="smoke", reports=reports_url, store=store, dask_address=cluster.address)
+    summary = reproduce_all(
+        suite="smoke", reports=reports_url, store=store, dask_address=cluster.address, retrain=True
+    )
     [built] = summary["extractions"]
     assert built["url"].startswith(f"{store}/") and not built["reused"]
     assert urls.exists(urls.join(built["url"], "COMPLETE.json"))
@@ -215,7 +217,11 @@ def test_worker_killed_mid_task_reruns_on_the_other_worker(cluster, store_root, 
     reports = ReportStore(str(tmp_path / "reports"))
     try:
         summary = reproduce.reproduce_all(
-            suite="smoke-5", reports=reports.url, store=str(store_root), dask_address=cluster.address
+            suite="smoke-5",
+            reports=reports.url,
+            store=str(store_root),
+            dask_address=cluster.address,
+            retrain=True,
         )
     finally:
         done.set()
