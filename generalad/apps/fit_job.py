@@ -25,9 +25,9 @@ from generalad.defaults import DEFAULT_BACKBONE, IMAGE_SIZE, METHODS
 from generalad.devices import DEFAULT_PRECISION, resolve_device
 from generalad.errors import ConfigError
 from generalad.method.experiment import RunResult
-from generalad.method.knn_experiment import run_patchcore, training_patches
+from generalad.method.knn_experiment import memory_bank_of, run_patchcore
 from generalad.method.patchcore import METHOD as PATCHCORE
-from generalad.method.patchcore import PatchCoreSettings, fit_memory_bank
+from generalad.method.patchcore import PatchCoreSettings
 from generalad.method.presets import Preset, preset_for
 from generalad.method.scoring import image_scores, patch_logits
 from storage.extraction import ExtractionResult, extract_features
@@ -120,14 +120,7 @@ def _fit_knn(
         )
     started = time.perf_counter()
     train_rows = np.asarray(split.train_rows, dtype=np.int64)
-    model = fit_memory_bank(
-        training_patches(store, train_rows, max_patches=settings.max_patches, seed=seed),
-        coreset_ratio=settings.coreset_ratio,
-        projection_dim=settings.projection_dim,
-        seed=seed,
-        device=device,
-        num_patches=store.num_patches,
-    )
+    model = memory_bank_of(store, train_rows, settings, seed=seed, device=device)
     seconds = time.perf_counter() - started
     test_rows = np.asarray(split.test_rows, dtype=np.int64)
     scores = image_scores(patch_logits(model, store, test_rows), 1).double().numpy() if len(test_rows) else []

@@ -66,6 +66,20 @@ def training_patches(
     return out
 
 
+def memory_bank_of(
+    source: FeatureSource, train_rows: np.ndarray, settings: PatchCoreSettings, *, seed: int, device
+):
+    """The kNN model of `train_rows`: their patches (capped at `settings.max_patches`) through the coreset."""
+    return fit_memory_bank(
+        training_patches(source, train_rows, max_patches=settings.max_patches, seed=seed),
+        coreset_ratio=settings.coreset_ratio,
+        projection_dim=settings.projection_dim,
+        seed=seed,
+        device=device,
+        num_patches=source.num_patches,
+    )
+
+
 def run_patchcore(
     source: FeatureSource,
     split: OneClassSplit,
@@ -91,14 +105,7 @@ def run_patchcore(
     if shots is not None:
         train_rows = fewshot_rows(train_rows, shots, seed)
     start = time.perf_counter()
-    model = fit_memory_bank(
-        training_patches(source, train_rows, max_patches=settings.max_patches, seed=seed),
-        coreset_ratio=settings.coreset_ratio,
-        projection_dim=settings.projection_dim,
-        seed=seed,
-        device=device,
-        num_patches=source.num_patches,
-    )
+    model = memory_bank_of(source, train_rows, settings, seed=seed, device=device)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     scores = patch_logits(model, source, split.test_rows, batch_size=16)
