@@ -71,9 +71,8 @@ def csv_text(row_index, keys, columns, lookup, failed, metric, by, with_paper) -
     return buffer.getvalue()
 
 
-def markdown_text(
-    row_index, keys, columns, lookup, failed, cells, metric, selections, by, shots, with_paper, digits
-) -> str:
+def _preamble(row_index, metric, selections, by, shots, with_paper, show_method) -> list[str]:
+    """The lines above the table: title, selection and weights, and what the cells hold."""
     title = METRIC_TITLES.get(metric, metric)
     where = " on MVTec-AD" if by == "shots" and set(row_index.get("dataset", [])) == {"mvtec_ad"} else ""
     shot_note = f", {shots}-shot" if by == "dataset" and shots is not None else ""
@@ -89,13 +88,35 @@ def markdown_text(
             f"Cells: ours / paper. Paper numbers: `{paper_selection}` selection, {paper.PAPER_WEIGHTS} "
             "weights, shown on pretrained rows only."
         )
-    show_method = _shows_method(row_index)
     if show_method:
         lines.append(
             "PatchCore-kNN: nearest-neighbour distance to a coreset of the normal training patches of the same "
             "feature store (our backbone). The paper's PatchCore used its own WideResNet-50 features; "
             "docs/method.md does not give its numbers, so paper cells are shown for GeneralAD only."
         )
+    return lines
+
+
+def _failed_lines(failed: pd.DataFrame) -> list[str]:
+    """The list of failed classes under the table (none when every class succeeded)."""
+    if failed.empty:
+        return []
+    lines = ["", "Failed classes (not in the means):"]
+    for r in failed.to_dict("records"):
+        error = (r["error"] or "").strip().splitlines()
+        shots_note = "" if pd.isna(r["shots"]) else f", {int(r['shots'])}-shot"
+        lines.append(
+            f"- {r['dataset']} / {r['class_name']} ({r['backbone']}, {r['weights_kind']}, seed {r['seed']}"
+            f"{shots_note}): {(error[0] if error else 'no message')[:200]}"
+        )
+    return lines
+
+
+def markdown_text(
+    row_index, keys, columns, lookup, failed, cells, metric, selections, by, shots, with_paper, digits
+) -> str:
+    show_method = _shows_method(row_index)
+    lines = _preamble(row_index, metric, selections, by, shots, with_paper, show_method)
     lines.append("")
     variants = bool(row_index["variant"].astype(bool).any())  # a column only when some entry is labelled
     head = [
@@ -132,14 +153,5 @@ def markdown_text(
     if any_partial:
         lines.append("")
         lines.append("`*` mean over the classes that succeeded; the failed ones are listed below.")
-    if not failed.empty:
-        lines.append("")
-        lines.append("Failed classes (not in the means):")
-        for r in failed.to_dict("records"):
-            error = (r["error"] or "").strip().splitlines()
-            shots_note = "" if pd.isna(r["shots"]) else f", {int(r['shots'])}-shot"
-            lines.append(
-                f"- {r['dataset']} / {r['class_name']} ({r['backbone']}, {r['weights_kind']}, seed {r['seed']}"
-                f"{shots_note}): {(error[0] if error else 'no message')[:200]}"
-            )
+    lines += _failed_lines(failed)
     return "\n".join(lines) + "\n"
