@@ -173,8 +173,9 @@ class GeneralAD:
         overwrite: bool = False,
     ) -> GeneralAD:
         """Fit on image folders, exactly as ``generalad fit-folder`` (its result folder is ``self.model_dir``)."""
-        from generalad.apps.fit_folder import folder_dataset, write_fit_outputs
+        from generalad.apps.fit_folder import folder_dataset
         from generalad.apps.fit_job import run_fit_folder
+        from generalad.apps.fit_outputs import write_fit_outputs
 
         dataset = folder_dataset(
             normal=normal, root=root, test_normal=test_normal, test_anomalous=test_anomalous, masks=masks

@@ -231,8 +231,9 @@ def _fit_settings(args: argparse.Namespace):
 def _cmd_fit_folder(args: argparse.Namespace) -> int:
     import time
 
-    from generalad.apps.fit_folder import folder_dataset, write_fit_outputs
+    from generalad.apps.fit_folder import folder_dataset
     from generalad.apps.fit_job import run_fit_folder
+    from generalad.apps.fit_outputs import write_fit_outputs
     from generalad.apps.staging import refuse_existing
 
     out = refuse_existing(args.out, args.overwrite)

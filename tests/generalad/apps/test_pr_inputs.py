@@ -178,7 +178,7 @@ def test_folder_dataset_from_an_mvtec_like_root(tmp_path):
 def test_grid_rows_show_top_scoring_normals_and_every_defect_type_in_turn():
     import pandas as pd
 
-    from generalad.apps.fit_folder import grid_rows
+    from generalad.apps.fit_outputs import grid_rows
 
     defects = ["good"] * 10 + ["crack"] * 5 + ["dent"] * 5 + ["hole"] * 5
     manifest = pd.DataFrame({"defect_type": defects})
