@@ -77,7 +77,7 @@ def _as_image(item: Image.Image | np.ndarray) -> Image.Image:
 
 
 def _open_all(images: ImageInput | Iterable[ImageInput]) -> list[Image.Image]:
-    from generalad.apps.predict import collect_images
+    from generalad.apps.predict_inputs import collect_images
     from generalad.data.images import open_image
 
     if isinstance(images, str | os.PathLike | Image.Image) or (
@@ -270,7 +270,7 @@ class GeneralAD:
         return self
 
     def _loaded(self):
-        from generalad.apps.predict import load_predictor
+        from generalad.apps.predictor import load_predictor
 
         if self.model_dir is None:
             raise ConfigError("the model is not fitted: call fit(), fit_store() or GeneralAD.load() first")

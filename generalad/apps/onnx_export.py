@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from generalad.apps.onnx_runtime import INPUT, OUTPUTS, require
-from generalad.apps.predict import Predictor, load_predictor
+from generalad.apps.predictor import Predictor, load_predictor
 from generalad.apps.thresholds import read_threshold
 from generalad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from generalad.errors import ConfigError

@@ -1,6 +1,6 @@
 """Running a file written by ``generalad export`` (``generalad.apps.onnx_export``) with onnxruntime.
 
-``OnnxPredictor`` has ``generalad.apps.predict.Predictor``'s interface, so ``predict_to_folder`` and
+``OnnxPredictor`` has ``generalad.apps.predictor.Predictor``'s interface, so ``predict_to_folder`` and
 ``generalad predict --model model.onnx`` take it. The graph computes the image score and the map itself, so a
 "logits" row here is (score, map flattened) and ``scores`` / ``maps`` only unpack it. The stored threshold comes from
 the file's ``threshold`` metadata.

@@ -1,5 +1,6 @@
 """Decision thresholds users can use, and scores normalised against normal images.
 
+- ``Threshold``: the decision threshold ``generalad predict`` applies, with the rule it came from.
 - ``threshold_from_scores(normal_scores, quantile)``: the ``quantile`` (linear interpolation; 1.0 = the maximum) of
   the scores of normal images that were not trained on. An image is flagged when its score is strictly greater.
 - ``threshold.json`` in a model folder (written by ``generalad fit-folder`` from its normal test images): the
@@ -27,6 +28,7 @@ from generalad.errors import ConfigError
 
 __all__ = [
     "THRESHOLD_FILE",
+    "Threshold",
     "NORMALISED_COLUMN",
     "NORMALISED_DEFINITION",
     "StoredThreshold",
@@ -42,6 +44,16 @@ NORMALISED_DEFINITION = (
     "fraction of the normal reference images' scores below this score (ties count half), in [0, 1]: the "
     "empirical CDF of the normal-score distribution, not a probability of an anomaly"
 )
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold: ``pred = score > value``."""
+
+    value: float
+    rule: str  # "given", or "quantile q of n normal images"
+    quantile: float | None = None
+    n_normal: int | None = None
 
 
 def threshold_from_scores(scores: Sequence[float] | np.ndarray, quantile: float = 1.0) -> float:

@@ -2,8 +2,9 @@
 
 fit-folder: extract (cached in a feature store), train and evaluate on your folders with the industrial preset,
 then write the model and a report. predict: score new images with a saved model and write heat-map overlays at
-each image's own size plus a CSV of scores. The method lives in `generalad.apps.fit_folder` and `generalad.apps.predict`;
-this module only parses arguments and connects them to the feature store.
+each image's own size plus a CSV of scores. The method lives in `generalad.apps.fit_folder` (with
+`fit_outputs`) and `generalad.apps.predict` (with `predictor`, `predict_inputs`, `predict_scoring`); this module
+only parses arguments and connects them to the feature store.
 
 Feature store of fit-folder: `--store`, else `$GENERALAD_STORE`, else `<parent of --out>/stores`. The store is
 keyed by the images and the backbone settings, so a second fit on the same folders with other training settings
@@ -303,8 +304,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from generalad.apps.predict import Threshold, collect_images, load_predictor, predict_to_folder
+    from generalad.apps.predict import predict_to_folder
+    from generalad.apps.predict_inputs import collect_images
+    from generalad.apps.predictor import load_predictor
     from generalad.apps.staging import refuse_existing
+    from generalad.apps.thresholds import Threshold
 
     refuse_existing(args.out, args.overwrite)
     inputs, skipped = collect_images(args.images)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from generalad.apps.predict import Predictor
+from generalad.apps.predictor import Predictor
 from generalad.apps.train_job import train_from_store
 from generalad.backbone import BackboneSpec, load_backbone
 from generalad.method.presets import preset_for

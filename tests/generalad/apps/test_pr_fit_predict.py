@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from generalad.apps.predict import load_predictor, score_images
+from generalad.apps.predict_scoring import score_images
+from generalad.apps.predictor import load_predictor
 from tests.generalad.apps.conftest import run_cli
 
 EPOCHS = 10

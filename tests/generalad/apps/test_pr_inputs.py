@@ -7,14 +7,10 @@ import pytest
 from PIL import Image
 
 from generalad.apps.fit_folder import folder_dataset
-from generalad.apps.predict import (
-    ModelMismatchError,
-    _output_names,
-    backbone_spec_for_model,
-    collect_images,
-    threshold_from_scores,
-)
+from generalad.apps.predict_inputs import collect_images, output_names
+from generalad.apps.predictor import ModelMismatchError, backbone_spec_for_model
 from generalad.apps.staging import staged_dir
+from generalad.apps.thresholds import threshold_from_scores
 from generalad.errors import ConfigError, DatasetError
 
 
@@ -60,7 +56,7 @@ def test_names_of_same_named_folders_and_overlays_are_unique(tmp_path):
     _png(tmp_path / "b" / "good" / "0.png")
     images, _ = collect_images([tmp_path / "a" / "good", tmp_path / "b" / "good"])
     assert [i.name for i in images] == ["good/0.png", "good-2/0.png"]
-    assert _output_names(["x/a.jpg", "x/a.png", "x/b.bmp"]) == ["x/a.jpg.png", "x/a.png.png", "x/b.png"]
+    assert output_names(["x/a.jpg", "x/a.png", "x/b.bmp"]) == ["x/a.jpg.png", "x/a.png.png", "x/b.png"]
 
 
 def test_threshold_is_the_quantile_of_normal_scores():

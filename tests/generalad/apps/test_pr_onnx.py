@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from generalad import GeneralAD
-from generalad.apps.predict import collect_images, load_predictor
+from generalad.apps.predict_inputs import collect_images
+from generalad.apps.predictor import load_predictor
 from generalad.data.images import open_image
 from generalad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
 from tests.generalad.apps.conftest import run_cli
