@@ -150,65 +150,82 @@ def _block_mask(shape: torch.Size, p: float, seed: int, index: int, device: torc
 
 
 class _DropoutAttentionFunction(torch.autograd.Function):
-    """softmax(q k^T) with dropout (mask of block b from seed + b), times v; q (pre-scaled), k, v are (G, N, d)."""
+    """softmax(q k^T) with dropout (mask of block b from seed + b), times v; q (pre-scaled), k, v are (G, N, d).
+
+    The matrix products run in the inputs' dtype (float32, or bfloat16 under bf16 autocast: the CPU's bf16
+    matrix units, AMX or AVX-512 BF16); scores, softmax statistics, the output and dq, dk, dv in float32.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, seed: int) -> torch.Tensor:
         groups, rows, _ = q.shape
         scale = 1.0 / (1.0 - p)
-        out = torch.empty_like(q)
-        lse = torch.empty(groups, rows, 1, dtype=q.dtype, device=q.device)
+        wide = torch.promote_types(q.dtype, torch.float32)
+        out = torch.empty(q.shape, dtype=wide, device=q.device)
+        lse = torch.empty(groups, rows, 1, dtype=wide, device=q.device)
         blocks = _blocks(groups, rows, k.shape[1])
         for index, (g0, g1, i0, i1) in enumerate(blocks):
-            scores = torch.bmm(q[g0:g1, i0:i1], k[g0:g1].transpose(1, 2))
+            scores = torch.bmm(q[g0:g1, i0:i1], k[g0:g1].transpose(1, 2)).to(wide)
             top = scores.amax(dim=-1, keepdim=True)
             weights = scores.sub_(top).exp_()
             total = weights.sum(dim=-1, keepdim=True)
             lse[g0:g1, i0:i1] = top + total.log()
             weights.mul_(_block_mask(weights.shape, p, seed, index, q.device))
             block_out = out[g0:g1, i0:i1]  # contiguous: whole heads, or rows of one head
-            torch.bmm(weights, v[g0:g1], out=block_out).mul_(total.reciprocal_().mul_(scale))
+            _product(block_out, weights.to(v.dtype), v[g0:g1]).mul_(total.reciprocal_().mul_(scale))
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.p, ctx.seed, ctx.blocks = p, seed, blocks
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")  # the forward's autocast state (off): float32 throughout
+    @torch.amp.custom_bwd(device_type="cpu")  # the forward's autocast state (off)
     def backward(ctx, grad_out: torch.Tensor):
         """Flash-attention backward: per block, weights recomputed from the log-sum-exp, the mask regenerated."""
         q, k, v, out, lse = ctx.saved_tensors
         p, seed = ctx.p, ctx.seed
         scale = 1.0 / (1.0 - p)
-        grad_out = grad_out.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        low, wide = q.dtype, out.dtype  # the matrix products' dtype, the rest's
+        grad_out = grad_out.to(wide).contiguous()
+        dq, dk, dv = (torch.empty(t.shape, dtype=wide, device=t.device) for t in (q, k, v))
         row_dot = (grad_out * out).sum(dim=-1, keepdim=True)  # D_i = dO_i . O_i = sum_j P_ij dP_ij
-        grad_out = grad_out * scale
+        grad_out = (grad_out * scale).to(low)
         for index, (g0, g1, i0, i1) in enumerate(ctx.blocks):
             qb, kb, vb, gb = q[g0:g1, i0:i1], k[g0:g1], v[g0:g1], grad_out[g0:g1, i0:i1]
-            first = 1.0 if i0 else 0.0  # the first query block of a head writes dk, dv; later ones add
-            weights = torch.bmm(qb, kb.transpose(1, 2)).sub_(lse[g0:g1, i0:i1]).exp_()
+            first = i0 == 0  # the first query block of a head writes dk, dv; later ones add
+            weights = torch.bmm(qb, kb.transpose(1, 2)).to(wide).sub_(lse[g0:g1, i0:i1]).exp_()
             keep = _block_mask(weights.shape, p, seed, index, q.device)
-            dscores = torch.bmm(gb, vb.transpose(1, 2)).mul_(keep).sub_(row_dot[g0:g1, i0:i1]).mul_(weights)
-            dv[g0:g1].baddbmm_(weights.mul_(keep).transpose(1, 2), gb, beta=first)
-            torch.bmm(dscores, kb, out=dq[g0:g1, i0:i1])
-            dk[g0:g1].baddbmm_(dscores.transpose(1, 2), qb, beta=first)
-        return dq, dk, dv, None, None
+            dscores = torch.bmm(gb, vb.transpose(1, 2)).to(wide)
+            dscores = dscores.mul_(keep).sub_(row_dot[g0:g1, i0:i1]).mul_(weights).to(low)
+            _product(dv[g0:g1], weights.mul_(keep).to(low).transpose(1, 2), gb, add=not first)
+            _product(dq[g0:g1, i0:i1], dscores, kb)
+            _product(dk[g0:g1], dscores.transpose(1, 2), qb, add=not first)
+        return dq.to(low), dk.to(low), dv.to(low), None, None
+
+
+def _product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, add: bool = False) -> torch.Tensor:
+    """``out = a @ b`` (or ``out += a @ b``) into the wider ``out``: in place when a and b have its dtype, else
+    through a product in theirs (bf16: torch's CPU bmm has no bf16-in, float32-out form)."""
+    if a.dtype == out.dtype:
+        return out.baddbmm_(a, b) if add else torch.bmm(a, b, out=out)
+    product = torch.bmm(a, b)
+    return out.add_(product) if add else out.copy_(product)
 
 
 def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
     """Attention with dropout on the weights, ``(..., N, d)`` in and out, blockwise (see the module docstring).
 
     Equals ``F.scaled_dot_product_attention(q, k, v, dropout_p=p)`` in distribution; its mask comes from torch's
-    default generator (one seed per call), so ``torch.manual_seed`` makes it reproducible. Computes in float32
-    whatever the input dtype (the output has the input's).
+    default generator (one seed per call), so ``torch.manual_seed`` makes it reproducible. bfloat16 inputs (bf16
+    autocast) take bf16 matrix products with float32 softmax statistics; other dtypes compute in float32 or
+    wider. The output has the input's dtype.
     """
     lead, (rows, dim) = q.shape[:-2], q.shape[-2:]
     seed = int(torch.randint(0, 2**32, (1,)))
     dtype = q.dtype
-    # softmax statistics in float32, under bf16 autocast too
+    # matrix products in bf16 where autocast asked for it, float32 (or float64) otherwise; softmax in float32+
+    low = dtype if dtype == torch.bfloat16 else torch.promote_types(dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
-        wide = torch.promote_types(dtype, torch.float32)
-        flat = [t.to(wide).reshape(-1, t.shape[-2], t.shape[-1]) for t in (q * dim**-0.5, k, v)]
+        flat = [t.to(low).reshape(-1, t.shape[-2], t.shape[-1]) for t in (q * dim**-0.5, k, v)]
         out = _DropoutAttentionFunction.apply(*(t.contiguous() for t in flat), float(p), seed)
     return out.view(*lead, rows, dim).to(dtype)

@@ -45,6 +45,32 @@ def test_dropout_attention_equals_the_explicit_formula_with_its_mask(monkeypatch
     assert 0.25 < 1 - keep.mean().item() < 0.35
 
 
+@pytest.mark.parametrize("block_elements", [64, 1 << 18])
+def test_bf16_dropout_attention_is_the_formula_to_bf16_rounding(monkeypatch, block_elements):
+    """bf16 inputs: bf16 matrix products, float32 softmax; output and gradients within bf16 rounding of the
+    float64 formula with the same mask (relative error ~1e-2, against ~1 for a wrong mask or formula)."""
+    monkeypatch.setattr(kernels, "_block_elements", lambda: block_elements)
+    torch.manual_seed(0)
+    groups, rows, dim, p = 4, 37, 16, 0.3
+    exact = [torch.randn(groups, rows, dim, dtype=torch.float64) for _ in range(3)]
+    low = [t.bfloat16().requires_grad_() for t in exact]
+    wide = [t.detach().double().requires_grad_() for t in low]  # the same (bf16-rounded) inputs
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**32, (1,)))
+    torch.manual_seed(5)
+    out = kernels.dropout_attention(*low, p)
+    assert out.dtype == torch.bfloat16
+    q, k, v = wide
+    keep = _masks_of_call((groups, rows, rows), p, seed).double()
+    reference = (torch.softmax(q @ k.transpose(1, 2) / math.sqrt(dim), dim=-1) * keep / (1 - p)) @ v
+    grad = torch.randn_like(reference)
+    ours = [out.double(), *torch.autograd.grad(out, low, grad.bfloat16())]
+    theirs = [reference, *torch.autograd.grad(reference, wide, grad)]
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs, strict=True):
+        error = ((a.double() - b).norm() / b.norm()).item()
+        assert error < 2e-2, (name, error)
+
+
 def test_dropout_attention_matches_torch_in_distribution():
     """Mean and variance over draws of our attention and torch's math kernel with the same dropout agree."""
     torch.manual_seed(0)
