@@ -54,6 +54,10 @@ CODE_FILES: tuple[str, ...] = (
     "storage/feature_store.py",
     "storage/report_rows.py",
     "storage/report_schema.py",
+    "storage/report_values.py",
+    "storage/run_identity.py",
+    "storage/metric_row.py",
+    "storage/score_rows.py",
     "flows/train.py",
 )
 # libraries whose version can change the numbers (or the pickled rows)

@@ -15,19 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from storage.report_schema import (
-    METRIC_SCHEMA,
-    METRICS,
-    SCORE_SCHEMA,
-    MetricRow,
-    ScoreRow,
-    format_layers,
-    format_views,
-    metric_table,
-    score_table,
-    scores_from_arrays,
-)
+from storage.metric_row import MetricRow, metric_table
+from storage.report_schema import METRIC_SCHEMA, METRICS, SCORE_SCHEMA
+from storage.report_values import format_layers, format_views
 from storage.reports import ReportStore
+from storage.score_rows import ScoreRow, score_table, scores_from_arrays
 from tests.fixtures.rows import row_config
 
 BACKBONE = "vit_small_patch14_dinov2"
@@ -440,10 +432,8 @@ _V2_COLUMNS = (
 def test_version_1_files_stay_readable(tmp_path):
     """A report file written by schema version 1 (no suite/variant/preset columns) reads beside a v2 run, its
     missing columns as null, and renders as the plain variant."""
-    import pyarrow.parquet as pq
-
     from generalad.apps.report_tables import render_table
-    from storage.report_schema import REPORT_SCHEMA_VERSION, metric_table
+    from storage.report_schema import REPORT_SCHEMA_VERSION
 
     assert REPORT_SCHEMA_VERSION == "3"
     store = ReportStore(str(tmp_path / "reports"))
