@@ -52,6 +52,7 @@ CODE_FILES: tuple[str, ...] = (
     "generalad/defaults.py",
     "generalad/apps/train_job.py",
     "storage/feature_store.py",
+    "storage/store_layout.py",
     "storage/report_rows.py",
     "storage/report_schema.py",
     "storage/report_values.py",
