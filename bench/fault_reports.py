@@ -41,7 +41,8 @@ _ROW_CONFIG = {
 
 def _report_rows(run_id: str, n_classes: int, attempt: int):
     """Metric rows in two partitions and one score table; values depend on the run, class and attempt."""
-    from storage.report_schema import MetricRow, scores_from_arrays
+    from storage.metric_row import MetricRow
+    from storage.score_rows import scores_from_arrays
 
     metrics = [
         MetricRow(

@@ -61,7 +61,7 @@ def fault_test(fault: str, shard: int) -> Callable[[str, dict], bool]:
     """Whether a `storage.faultpoints` point (name, where) is the moment of `fault` (shard faults: at `shard`):
     after the group but before the arrays, after a shard's tokens but before its other arrays, between a
     marker's (or COMPLETE.json's) temporary file and its rename, after verification but before consolidation."""
-    from storage.feature_store import COMPLETE_FILE, SHARDS_DIR
+    from storage.store_layout import COMPLETE_FILE, SHARDS_DIR
 
     marker = f"{SHARDS_DIR}/{shard:05d}.json"
     tests: dict[str, Callable[[str, dict], bool]] = {

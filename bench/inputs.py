@@ -120,7 +120,8 @@ def synthetic_store(
     patches of width ``embed_dim``. Random values come from one pre-generated block (tiled), so generating them
     costs little; ``on_write(seconds, nbytes)`` is called with the wall time of each ``write_shard`` call.
     """
-    from storage.feature_store import StoreLayout, StoreWriter
+    from storage.feature_store import StoreWriter
+    from storage.store_layout import StoreLayout
 
     manifest, splits = _synthetic_dataset(classes, n_train, n_test_per_class)
     layout = StoreLayout(

@@ -107,7 +107,8 @@ def shard_split(store, store_dir: Path, rng: np.random.Generator, repeats: int =
     import zarr
 
     from storage import urls
-    from storage.feature_store import FeatureStore, shard_checksum
+    from storage.feature_store import FeatureStore
+    from storage.store_layout import shard_checksum
 
     old = FeatureStore(store.url, reads="zarr", dtype=None)
     new = FeatureStore(store.url, dtype=None)

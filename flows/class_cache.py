@@ -52,8 +52,13 @@ CODE_FILES: tuple[str, ...] = (
     "generalad/defaults.py",
     "generalad/apps/train_job.py",
     "storage/feature_store.py",
+    "storage/store_layout.py",
     "storage/report_rows.py",
     "storage/report_schema.py",
+    "storage/report_values.py",
+    "storage/run_identity.py",
+    "storage/metric_row.py",
+    "storage/score_rows.py",
     "flows/train.py",
 )
 # libraries whose version can change the numbers (or the pickled rows)

@@ -80,7 +80,7 @@ def _plan_available(plan: SuitePlan, targets, store: str, eval_every_epoch: bool
     from generalad.data import get_dataset
     from storage import urls
     from storage.extraction import plan_store
-    from storage.feature_store import is_complete
+    from storage.store_layout import is_complete
 
     seen: dict[tuple, tuple | None] = {}
     for key, target, weights in targets:

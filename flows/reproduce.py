@@ -42,7 +42,7 @@ from generalad.apps.plots import markdown_images
 from generalad.apps.suite_tables import fig4_plots, render_suite
 from generalad.backbone import resolve_weights
 from generalad.defaults import default_reports_root, default_store_root
-from storage.report_schema import redact
+from storage.report_values import redact
 from storage.reports import ReportStore
 
 __all__ = ["reproduce_all", "train_classes", "new_run_id", "default_data_home", "SuiteFailed"]

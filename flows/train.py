@@ -26,8 +26,8 @@ from generalad.errors import ConfigError, GeneralADError
 from generalad.method.patchcore import METHOD as PATCHCORE
 from generalad.method.patchcore import PatchCoreSettings
 from storage.feature_store import FeatureStore
+from storage.metric_row import MetricRow
 from storage.report_rows import RunContext, failed_rows, metric_rows_of, score_table_of
-from storage.report_schema import MetricRow
 from storage.reports import ReportStore
 
 __all__ = [

@@ -31,9 +31,10 @@ from generalad.data.preprocess import preprocess_image, preprocess_mask
 from generalad.devices import DEFAULT_PRECISION, autocast, check_precision, pin_if_cuda, resolve_device
 from generalad.errors import ConfigError, StoreError
 from storage import urls
-from storage.feature_store import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, StoreWriter, is_complete
+from storage.feature_store import StoreWriter
 from storage.fingerprint import StoreFingerprint, fingerprint_for, protocol_label
 from storage.prefetch import prefetched
+from storage.store_layout import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, is_complete
 from storage.timing import PhaseTimer
 
 __all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES", "EXTRACTION_PHASES"]

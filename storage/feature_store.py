@@ -1,16 +1,6 @@
-"""The Zarr v3 feature store: layout, whole-shard writes, completeness, and streaming reads.
+"""The Zarr v3 feature store: whole-shard writes, completeness, and streaming reads.
 
-Layout of one store (one group per store key):
-
-    <root>/<dataset>[-<category>]/<backbone>-<size>-<dtype>-<hash12>.zarr/
-        zarr.json             group attributes: schema version, key, fingerprint, shapes
-        tokens/               (n_images, N, E)  float16|float32, chunk = 1 image, shard = `shard_size` images
-        cls_attn/             (n_images, H, N)  same dtype and sharding
-        masks/                (n_images, S, S)  uint8 0/1 at the evaluation resolution (datasets with masks)
-        manifest.parquet      the dataset manifest, row i = image i of every array
-        splits.parquet        the one-class protocol per normal class: (normal_class, row, role, label)
-        _shards/NNNNN.json    per-shard marker with checksums, written after the shard's bytes
-        COMPLETE.json         written last, after every shard was verified
+The files of a store (arrays, manifest, splits, shard markers, COMPLETE.json) are `storage.store_layout`.
 
 A shard is the unit of writing: one writer writes all of it, then its marker. A store without COMPLETE.json is
 never read for training. Writes are deterministic, so two writers of the same shard write the same bytes.
@@ -26,19 +16,16 @@ marker, unread (no COMPLETE.json) and rewritten whole by the next writer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import zarr
 
@@ -50,54 +37,24 @@ from storage import fingerprint as _fingerprint
 from storage.fingerprint import StoreFingerprint
 from storage.prefetch import prefetched
 from storage.row_reads import ShardRows, read_rows, zarr_rows
+from storage.store_layout import (
+    COMPLETE_FILE,
+    MANIFEST_FILE,
+    SHARDS_DIR,
+    SPLITS_FILE,
+    StoreLayout,
+    is_complete,
+    read_json,
+    read_parquet,
+    shard_checksum,
+    splits_frame,
+    write_parquet,
+)
 
-__all__ = ["FeatureStore", "StoreWriter", "StoreLayout", "shard_checksum", "DEFAULT_SHARD_SIZE", "READS_ENV"]
+__all__ = ["FeatureStore", "StoreWriter", "READS_ENV"]
 
 READS_ENV = "GENERALAD_STORE_READS"
-
-DEFAULT_SHARD_SIZE = 32
-COMPLETE_FILE = "COMPLETE.json"
-MANIFEST_FILE = "manifest.parquet"
-SPLITS_FILE = "splits.parquet"
-SHARDS_DIR = "_shards"
 _TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")
-
-
-@dataclass(frozen=True)
-class StoreLayout:
-    """Shapes of a store's arrays."""
-
-    num_images: int
-    num_patches: int
-    embed_dim: int
-    num_heads: int
-    image_size: int
-    dtype: str
-    has_masks: bool
-    shard_size: int = DEFAULT_SHARD_SIZE
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_images // self.shard_size)
-
-    def shard_rows(self, shard: int) -> tuple[int, int]:
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, self.num_images)
-
-
-def shard_checksum(*arrays: np.ndarray) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _read_json(url: str) -> dict | None:
-    fs, path = urls.filesystem(url)
-    try:
-        return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
 
 
 class StoreWriter:
@@ -158,7 +115,7 @@ class StoreWriter:
             self.layout = replace(self.layout, shard_size=stored_shard)
         for name, frame in ((MANIFEST_FILE, manifest), (SPLITS_FILE, splits_frame(splits))):
             if not urls.exists(urls.join(self.url, name)):
-                _write_parquet(urls.join(self.url, name), frame)
+                write_parquet(urls.join(self.url, name), frame)
         return group
 
     def _expected_arrays(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -245,7 +202,7 @@ class StoreWriter:
         """Read every shard back and compare with its marker's checksum; StoreError on any difference."""
         names = ["tokens", "cls_attn"] + (["masks"] if self.layout.has_masks else [])
         for shard in range(self.layout.num_shards):
-            marker = _read_json(urls.join(self.url, SHARDS_DIR, f"{shard:05d}.json"))
+            marker = read_json(urls.join(self.url, SHARDS_DIR, f"{shard:05d}.json"))
             if marker is None:
                 raise StoreError(f"{self.url}: shard {shard} was never written")
             start, stop = self.layout.shard_rows(shard)
@@ -266,41 +223,6 @@ class StoreWriter:
         zarr.consolidate_metadata(urls.zarr_store(self.url))
         payload = {"key": self.fingerprint.key, "num_images": self.layout.num_images, **(info or {})}
         urls.write_bytes_atomic(urls.join(self.url, COMPLETE_FILE), json.dumps(payload, indent=2).encode())
-
-
-def _write_parquet(url: str, frame: pd.DataFrame) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    urls.write_bytes_atomic(url, sink.getvalue().to_pybytes())
-
-
-def _read_parquet(url: str) -> pd.DataFrame:
-    fs, path = urls.filesystem(url)
-    with fs.open(path, "rb") as handle:
-        return pq.read_table(handle).to_pandas()
-
-
-def splits_frame(splits: dict[str, OneClassSplit]) -> pd.DataFrame:
-    """One-class splits in long form: one row per (normal class, row, role) with the test label."""
-    parts = []
-    for name, split in splits.items():
-        n_train, n_test = len(split.train_rows), len(split.test_rows)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "normal_class": name,
-                    "row": np.concatenate([split.train_rows, split.test_rows]).astype(np.int64),
-                    "role": ["train"] * n_train + ["test"] * n_test,
-                    "label": np.concatenate([np.zeros(n_train, np.int8), split.test_labels]).astype(np.int8),
-                }
-            )
-        )
-    columns = ["normal_class", "row", "role", "label"]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-
-def is_complete(url: str) -> bool:
-    return urls.exists(urls.join(url, COMPLETE_FILE))
 
 
 class FeatureStore:
@@ -395,7 +317,7 @@ class FeatureStore:
     @property
     def manifest(self) -> pd.DataFrame:
         if self._manifest is None:
-            frame = _read_parquet(urls.join(self.url, MANIFEST_FILE))
+            frame = read_parquet(urls.join(self.url, MANIFEST_FILE))
             frame["mask_paths"] = frame["mask_paths"].map(lambda v: tuple(v) if v is not None else ())
             self._manifest = frame
         return self._manifest
@@ -406,7 +328,7 @@ class FeatureStore:
 
     def _splits(self) -> pd.DataFrame:
         if self._splits_frame is None:
-            self._splits_frame = _read_parquet(urls.join(self.url, SPLITS_FILE))
+            self._splits_frame = read_parquet(urls.join(self.url, SPLITS_FILE))
         return self._splits_frame
 
     def split(self, normal_class: str) -> OneClassSplit:

@@ -13,7 +13,10 @@ from generalad.method.experiment import RunResult
 from generalad.method.presets import Preset
 from generalad.method.scoring import blur_params
 from storage.feature_store import FeatureStore
-from storage.report_schema import MetricRow, config_hash, format_layers, format_views, scores_from_arrays
+from storage.metric_row import MetricRow
+from storage.report_values import format_layers, format_views
+from storage.run_identity import config_hash
+from storage.score_rows import scores_from_arrays
 
 __all__ = [
     "RunContext",

@@ -45,16 +45,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.report_schema import (
-    METRIC_SCHEMA,
-    PARTITION_COLUMNS,
-    SCORE_SCHEMA,
-    MetricRow,
-    ScoreRow,
-    check_name,
-    metric_table,
-    score_table,
-)
+from storage.metric_row import MetricRow, metric_table
+from storage.report_schema import METRIC_SCHEMA, PARTITION_COLUMNS, SCORE_SCHEMA
+from storage.report_values import check_name
+from storage.score_rows import ScoreRow, score_table
 
 __all__ = ["ReportStore", "WriteResult"]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.report_schema import MetricRow, scores_from_arrays
+from storage.metric_row import MetricRow
 from storage.reports import ReportStore
+from storage.score_rows import scores_from_arrays
 from tests.fixtures.rows import row_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import flows.reproduce as reproduce
-from storage.report_schema import MetricRow
+from storage.metric_row import MetricRow
 from storage.reports import ReportStore
 from tests.fixtures.rows import row_config
 

@@ -18,7 +18,8 @@ from generalad.backbone import BackboneSpec
 from generalad.data import get_dataset
 from generalad.data.base import DatasetAdapter
 from storage.extraction import extract_features
-from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
+from storage.feature_store import FeatureStore
+from storage.store_layout import COMPLETE_FILE, SHARDS_DIR
 from tests.fixtures.datasets import make_mvtec
 
 SPEC = BackboneSpec(weights="random", image_size=28)

@@ -20,7 +20,8 @@ import storage.fingerprint
 from generalad.backbone import BackboneSpec
 from generalad.errors import StoreError
 from storage.extraction import plan_store
-from storage.feature_store import FeatureStore, is_complete
+from storage.feature_store import FeatureStore
+from storage.store_layout import is_complete
 from tests.reliability.conftest import SPEC, extract, store_values
 
 Change = Callable[[pytest.MonkeyPatch, Path, Path], tuple[BackboneSpec, str]]

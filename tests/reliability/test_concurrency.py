@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from storage.extraction import _writer_lock, plan_store
-from storage.report_schema import MetricRow, scores_from_arrays
+from storage.metric_row import MetricRow
 from storage.reports import ReportStore
+from storage.score_rows import scores_from_arrays
 from tests.fixtures.rows import row_config
 from tests.reliability.conftest import SPEC, extract, fork_context, published, store_values, write_json
 

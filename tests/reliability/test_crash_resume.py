@@ -16,7 +16,7 @@ import zarr
 from generalad.errors import StoreError
 from storage import feature_store, urls
 from storage.extraction import plan_store
-from storage.feature_store import COMPLETE_FILE, SHARDS_DIR
+from storage.store_layout import COMPLETE_FILE, SHARDS_DIR
 from tests.reliability.conftest import (
     SHARD,
     SPEC,

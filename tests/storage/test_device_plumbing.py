@@ -17,7 +17,8 @@ from generalad.method.presets import preset_for
 from generalad.method.training import build_discriminator
 from storage import urls
 from storage.extraction import extract_features, plan_store
-from storage.feature_store import COMPLETE_FILE, FeatureStore
+from storage.feature_store import FeatureStore
+from storage.store_layout import COMPLETE_FILE
 from tests.fixtures.meta_device import OnMeta
 
 SPEC = BackboneSpec(weights="random", image_size=28, init_values=1.0)

@@ -17,7 +17,8 @@ from generalad.data.preprocess import preprocess_image, preprocess_mask
 from generalad.errors import DatasetError, ImageError, StoreError
 from storage import urls
 from storage.extraction import extract_features, plan_store
-from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
+from storage.feature_store import FeatureStore
+from storage.store_layout import COMPLETE_FILE, SHARDS_DIR
 
 SPEC = BackboneSpec(weights="random", image_size=28, init_values=1.0)
 
@@ -115,7 +116,8 @@ def test_partial_store_resumes_only_the_missing_shards(tiny_adapter, tmp_path) -
 
 
 def test_corrupted_shard_is_caught_before_the_store_is_marked_complete(tiny_adapter, tmp_path) -> None:
-    from storage.feature_store import StoreLayout, StoreWriter
+    from storage.feature_store import StoreWriter
+    from storage.store_layout import StoreLayout
 
     url, fingerprint = plan_store(tiny_adapter, SPEC, str(tmp_path), dtype="float32")
     layout = StoreLayout(11, 4, 384, 6, 28, "float32", True, shard_size=8)

@@ -12,7 +12,8 @@ import pytest
 from generalad.backbone import BackboneSpec
 from storage import faultpoints
 from storage.extraction import EXTRACTION_PHASES, extract_features, plan_store
-from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
+from storage.feature_store import FeatureStore
+from storage.store_layout import COMPLETE_FILE, SHARDS_DIR
 from storage.timing import PhaseTimer
 from tests.fixtures.tiny_vits import register_tiny_vits
 

@@ -11,8 +11,9 @@ from generalad.data.base import Record, manifest_frame
 from generalad.method.split import OneClassSplit
 from generalad.method.training import epoch_batches
 from storage import row_reads
-from storage.feature_store import FeatureStore, StoreLayout, StoreWriter
+from storage.feature_store import FeatureStore, StoreWriter
 from storage.fingerprint import SCHEMA_VERSION, StoreFingerprint, manifest_hash
+from storage.store_layout import StoreLayout
 
 N, E, H = 12, 10, 3
 

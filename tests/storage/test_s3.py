@@ -25,8 +25,9 @@ from generalad.errors import StoreError
 from storage import urls
 from storage.extraction import extract_features
 from storage.feature_store import FeatureStore
-from storage.report_schema import MetricRow, scores_from_arrays
+from storage.metric_row import MetricRow
 from storage.reports import ReportStore
+from storage.score_rows import scores_from_arrays
 from tests.fixtures.rows import row_config
 from tests.fixtures.services import forget_s3_clients, moto_s3, project_env, s3_env
 

@@ -200,7 +200,7 @@ def test_csv_layout(full_shot):
 
 
 def test_works_on_a_frame_read_from_the_report_store():
-    from storage.report_schema import MetricRow
+    from storage.metric_row import MetricRow
     from storage.reports import ReportStore
 
     store = ReportStore(f"memory://tables-{uuid.uuid4().hex}")
@@ -240,7 +240,7 @@ def test_bad_input():
 def test_variants_are_rows_and_each_suite_keeps_its_latest_run(tmp_path):
     """Two variants of one class are two table rows (no 'different configurations' error), and the same
     configuration run by two suites keeps its row in each."""
-    from storage.report_schema import MetricRow
+    from storage.metric_row import MetricRow
     from storage.reports import ReportStore
 
     store = ReportStore(str(tmp_path / "r"))

@@ -154,7 +154,7 @@ def test_markdown_images_embed_decodable_pngs():
 
 def test_sweep_plots_from_a_real_report_store(tmp_path):
     """The columns and dtypes `ReportStore.read_metrics()` returns (partition columns included) plot as expected."""
-    from storage.report_schema import MetricRow
+    from storage.metric_row import MetricRow
     from storage.reports import ReportStore
 
     def row(sigma: float, top_k: int, value: float, class_name: str) -> MetricRow:
