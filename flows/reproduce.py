@@ -120,31 +120,19 @@ def reproduce_all(
     the_suite = load_suite_file(suite_file) if suite_file else get_suite(suite)
     reports, store = reports or default_reports_root(), store or default_store_root()
     if plan_only:
-        plan = plan_suite(
-            suite, config=config, store=store, weights=weights, device=device, precision=precision,
+        return _plan_only(
+            suite, logger, config=config, store=store, weights=weights, device=device, precision=precision,
             extract_precision=extract_precision, eval_every_epoch=eval_every_epoch,
         )  # fmt: skip
-        text = render_plan(plan)
-        logger.info("plan of suite %s:\n%s", suite, text)
-        create_markdown_artifact(f"```\n{text}\n```", key="reproduce-plan", description="reproduce-all plan")
-        return {"plan": text, "estimate": plan.estimate(), "totals": plan.totals}
     dask_address = check_scheduler(dask_address)
     run_id = run_id or new_run_id(the_suite.name)
 
     # 1. datasets
-    roots, missing = _resolve_datasets(the_suite, config)
-    for message in missing.values():
-        logger.warning("missing dataset, skipped: %s", message)
+    roots, missing = _resolve_datasets(the_suite, config, logger)
     failures = [f"dataset {message}" for message in missing.values()]
 
     # 2. extraction (the weights first: a missing pretrained backbone fails the suite before any work)
-    resolved = {
-        (e.weights or weights, e.backbone): w
-        for e, w in suite_weights(
-            the_suite, [e for e in the_suite.entries if e.dataset not in missing], weights
-        ).items()
-    }
-    extraction = _extract_all(
+    extraction = _extract(
         the_suite,
         roots,
         missing,
@@ -152,8 +140,7 @@ def reproduce_all(
         store=store,
         eval_every_epoch=eval_every_epoch,
         device=device,
-        precision=extract_precision,
-        resolve=lambda asked, backbone: resolved.get((asked, backbone)) or resolve_weights(asked, backbone),
+        extract_precision=extract_precision,
     )
     failures += extraction.failures
 
@@ -169,27 +156,13 @@ def reproduce_all(
         device=device,
         precision=precision,
     )
-    failures += [
-        f"class task {job.label} of {job.store_url}: {outcome}"
-        for job, outcome in outcomes
-        if not isinstance(outcome, ClassResult)
-    ]
+    failures += _failed_tasks(outcomes)
 
     # 4. reports
     table_md = _write_reports(reports, run_id, the_suite.name, outcomes, failures)
 
     # 5. fail, naming every failure
-    summary = {
-        "run_id": run_id,
-        "reports": reports,
-        "table": table_md,
-        "failures": failures,
-        "tasks": len(extraction.jobs),
-        "trained": sum(1 for _, o in outcomes if isinstance(o, ClassResult) and not is_reused(o)),
-        "reused": sum(1 for _, o in outcomes if isinstance(o, ClassResult) and is_reused(o)),
-        "extractions": extraction.stores,
-        "seconds": time.perf_counter() - started,
-    }
+    summary = _summary(run_id, reports, table_md, failures, extraction, outcomes, started)
     logger.info(
         "%d class tasks: %d trained, %d read back from %s",
         summary["tasks"],
@@ -204,18 +177,75 @@ def reproduce_all(
     return summary
 
 
+# -- plan only ---------------------------------------------------------------------------------------------------
+
+
+def _plan_only(suite: str, logger, **settings) -> dict:
+    """The suite's plan (`plan_suite` with `settings`), logged and published as an artifact; nothing is run."""
+    plan = plan_suite(suite, **settings)
+    text = render_plan(plan)
+    logger.info("plan of suite %s:\n%s", suite, text)
+    create_markdown_artifact(f"```\n{text}\n```", key="reproduce-plan", description="reproduce-all plan")
+    return {"plan": text, "estimate": plan.estimate(), "totals": plan.totals}
+
+
 # -- 1. datasets -------------------------------------------------------------------------------------------------
 
 
-def _resolve_datasets(suite: Suite, config: str | None) -> tuple[dict[str, str], dict[str, str]]:
-    """Dataset roots (the quickstart set generated when it has none) and the missing ones with how-to-get lines."""
-    return resolve_datasets(suite, config)
+def _resolve_datasets(suite: Suite, config: str | None, logger) -> tuple[dict[str, str], dict[str, str]]:
+    """Dataset roots (the quickstart set generated when it has none) and the missing ones with how-to-get lines,
+    each missing one logged as a warning (the rest of the suite still runs)."""
+    roots, missing = resolve_datasets(suite, config)
+    for message in missing.values():
+        logger.warning("missing dataset, skipped: %s", message)
+    return roots, missing
 
 
 # -- 2. extraction -----------------------------------------------------------------------------------------------
 
 
+def _extract(
+    suite: Suite,
+    roots: dict[str, str],
+    missing: dict[str, str],
+    *,
+    weights: str,
+    store: str,
+    eval_every_epoch: bool,
+    device: str,
+    extract_precision: str,
+):
+    """Resolve the backbone weights of every entry whose dataset is there (a paper suite without its pretrained
+    weights fails here, before any work), then extract every store the suite needs (`extract_all`)."""
+    resolved = {
+        (e.weights or weights, e.backbone): w
+        for e, w in suite_weights(
+            suite, [e for e in suite.entries if e.dataset not in missing], weights
+        ).items()
+    }
+    return _extract_all(
+        suite,
+        roots,
+        missing,
+        weights=weights,
+        store=store,
+        eval_every_epoch=eval_every_epoch,
+        device=device,
+        precision=extract_precision,
+        resolve=lambda asked, backbone: resolved.get((asked, backbone)) or resolve_weights(asked, backbone),
+    )
+
+
 # -- 3. training -------------------------------------------------------------------------------------------------
+
+
+def _failed_tasks(outcomes: list[Outcome]) -> list[str]:
+    """One failure line per class task whose outcome is not a `ClassResult`."""
+    return [
+        f"class task {job.label} of {job.store_url}: {outcome}"
+        for job, outcome in outcomes
+        if not isinstance(outcome, ClassResult)
+    ]
 
 
 def _this_flow_run_id() -> str | None:
@@ -271,3 +301,29 @@ def _publish_artifacts(frame, table_md: str, failures: list[str]) -> None:
             key="fig4-sweeps",
             description="Fig. 4 sweeps",
         )
+
+
+# -- 5. summary --------------------------------------------------------------------------------------------------
+
+
+def _summary(
+    run_id: str,
+    reports: str,
+    table_md: str,
+    failures: list[str],
+    extraction,
+    outcomes: list[Outcome],
+    started: float,
+) -> dict:
+    """What the flow returns (and `SuiteFailed` carries): the run, its table, failures and class-task counts."""
+    return {
+        "run_id": run_id,
+        "reports": reports,
+        "table": table_md,
+        "failures": failures,
+        "tasks": len(extraction.jobs),
+        "trained": sum(1 for _, o in outcomes if isinstance(o, ClassResult) and not is_reused(o)),
+        "reused": sum(1 for _, o in outcomes if isinstance(o, ClassResult) and is_reused(o)),
+        "extractions": extraction.stores,
+        "seconds": time.perf_counter() - started,
+    }

@@ -33,7 +33,14 @@ def default_fit_store(out: str | os.PathLike[str]) -> str:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register `fit-folder` and `predict` on the `generalad` subcommand parser."""
+    """Register `fit-folder`, `predict` and `export` on the `generalad` subcommand parser."""
+    _add_fit_folder_parser(sub)
+    _add_predict_parser(sub)
+    _add_export_parser(sub)
+
+
+def _add_fit_folder_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `fit-folder`: its data folders, then the output, training and backbone options."""
     fit = sub.add_parser(
         "fit-folder",
         help="extract, train and evaluate on your own image folders (industrial preset) in one command",
@@ -42,23 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "directly in --masks or in --masks/<defect folder name>/.",
         conflict_handler="resolve",  # our --seed (training) replaces the backbone group's --seed
     )
-    data = fit.add_argument_group("data")
-    data.add_argument("--normal", default=None, help="folder of normal training images")
-    data.add_argument(
-        "--root",
-        default=None,
-        help="instead of the folders: a root with train/good, test/good, test/<defect>, ground_truth/<defect>",
-    )
-    data.add_argument("--test-normal", default=None, help="folder of normal test images")
-    data.add_argument(
-        "--test-anomalous",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="DIR",
-        help="folder(s) of anomalous test images; each folder's name is the defect type",
-    )
-    data.add_argument("--masks", default=None, help="folder of ground-truth masks (optional, all or nothing)")
+    _add_fit_data_options(fit)
     fit.add_argument("--out", required=True, help="result folder (model, metrics, report/)")
     fit.add_argument(
         "--store",
@@ -98,6 +89,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="TOML file whose [fit-folder] table holds these options (flags override it)",
     )
 
+
+def _add_fit_data_options(fit: argparse.ArgumentParser) -> None:
+    """The `data` group of fit-folder: the image folders (or one MVTec-style root) and the masks."""
+    data = fit.add_argument_group("data")
+    data.add_argument("--normal", default=None, help="folder of normal training images")
+    data.add_argument(
+        "--root",
+        default=None,
+        help="instead of the folders: a root with train/good, test/good, test/<defect>, ground_truth/<defect>",
+    )
+    data.add_argument("--test-normal", default=None, help="folder of normal test images")
+    data.add_argument(
+        "--test-anomalous",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="DIR",
+        help="folder(s) of anomalous test images; each folder's name is the defect type",
+    )
+    data.add_argument("--masks", default=None, help="folder of ground-truth masks (optional, all or nothing)")
+
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `predict`: inputs and model, the decision threshold, then the overlay and run options."""
     predict = sub.add_parser(
         "predict",
         help="score images with a saved model: overlays at each image's size and a CSV of scores",
@@ -117,6 +132,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--out", required=True, help="output folder (scores.csv, overlays/, prediction.json)"
     )
+    _add_predict_threshold_options(predict)
+    predict.add_argument(
+        "--weights",
+        default=None,
+        help="the backbone weights file, when the model was trained on a local file",
+    )
+    _add_predict_output_options(predict)
+    predict.add_argument("--batch-size", type=int, default=8, help="backbone batch size")
+    add_device_option(predict)
+    add_precision_option(predict, what="backbone and discriminator")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    predict.add_argument("--no-progress", action="store_true")
+
+
+def _add_predict_threshold_options(predict: argparse.ArgumentParser) -> None:
+    """predict's decision threshold: a given value or a quantile of normal images, else the stored one."""
     decision = predict.add_mutually_exclusive_group()
     decision.add_argument(
         "--threshold", type=float, default=None, help="decision threshold on the image score"
@@ -136,11 +167,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="ignore the model folder's threshold.json (by default it decides pred when neither --threshold nor "
         "--normal is given, and its normal scores give score_normalised)",
     )
-    predict.add_argument(
-        "--weights",
-        default=None,
-        help="the backbone weights file, when the model was trained on a local file",
-    )
+
+
+def _add_predict_output_options(predict: argparse.ArgumentParser) -> None:
+    """predict's overlays, maps and unreadable files."""
     predict.add_argument(
         "--map-range",
         type=float,
@@ -158,15 +188,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="record undecodable files in scores.csv (error column) instead of stopping",
     )
-    predict.add_argument("--batch-size", type=int, default=8, help="backbone batch size")
-    add_device_option(predict)
-    add_precision_option(predict, what="backbone and discriminator")
-    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    predict.add_argument("--no-progress", action="store_true")
-    add_export_parser(sub)
 
 
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     """Register `export`: a model folder as one ONNX graph (backbone + model + score + map)."""
     export = sub.add_parser(
         "export",
@@ -249,16 +273,7 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
     run = run_fit_folder(dataset, settings, args.store or default_fit_store(out))
     extraction, store, result, notes, timings = run.extraction, run.store, run.result, run.notes, run.timings
     split = store.split("good")
-    if extraction.reused:
-        print(f"features: reused {extraction.url} (no backbone work)", file=sys.stderr)
-    else:
-        print(
-            f"features: extracted {extraction.images_extracted} images in {extraction.seconds:.1f} s -> "
-            f"{extraction.url}",
-            file=sys.stderr,
-        )
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+    _print_extraction(extraction, notes)
     info = run.info
     started = time.perf_counter()
     outputs = write_fit_outputs(
@@ -281,6 +296,26 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
         f"report {report_seconds:.1f} s",
         file=sys.stderr,
     )
+    _print_fit_results(result, outputs, notes)
+    return 0
+
+
+def _print_extraction(extraction, notes: list[str]) -> None:
+    """fit-folder's first lines (stderr): the feature store reused or extracted, then the dataset's notes."""
+    if extraction.reused:
+        print(f"features: reused {extraction.url} (no backbone work)", file=sys.stderr)
+    else:
+        print(
+            f"features: extracted {extraction.images_extracted} images in {extraction.seconds:.1f} s -> "
+            f"{extraction.url}",
+            file=sys.stderr,
+        )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _print_fit_results(result, outputs, notes: list[str]) -> None:
+    """fit-folder's stdout: the metrics (or why there are none) and where the model, report and grid are."""
     if result.metrics:
         _print_metrics(result.metrics)
     else:
@@ -289,7 +324,6 @@ def _cmd_fit_folder(args: argparse.Namespace) -> int:
     print(f"report: {outputs.summary}")
     if outputs.grid is not None:
         print(f"grid:   {outputs.grid}")
-    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -302,8 +336,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from generalad.apps.predict import predict_to_folder
     from generalad.apps.predict_inputs import collect_images
     from generalad.apps.predictor import load_predictor
@@ -331,6 +363,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    _print_predictions(result, skipped)
+    print(result.out_dir)
+    return 0
+
+
+def _print_predictions(result, skipped: int) -> None:
+    """predict's summary: skipped and unreadable files, the scores (the 10 highest of more than 30), the
+    threshold's verdict and the timing."""
+    import pandas as pd
+
     frame = result.scores
     if skipped:
         print(f"skipped {skipped} non-image files in the folders", file=sys.stderr)
@@ -353,8 +395,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"{len(frame)} images in {result.seconds:.1f} s; colour scale {result.map_range[0]:.3g}..{result.map_range[1]:.3g}",
         file=sys.stderr,
     )
-    print(result.out_dir)
-    return 0
 
 
 COMMANDS = {"fit-folder": _cmd_fit_folder, "predict": _cmd_predict, "export": _cmd_export}

@@ -15,6 +15,12 @@ __all__ = ["add_parsers", "COMMANDS"]
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `reproduce` and `report`."""
+    _add_reproduce_parser(sub)
+    _add_report_parser(sub)
+
+
+def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `reproduce`: which suite and where its inputs and outputs are, then how it runs."""
     reproduce = sub.add_parser("reproduce", help="run the reproduce-all flow on a suite (the main job)")
     reproduce.add_argument("--suite", default=None, help="table1..table5, fig4, quickstart (default), smoke")
     reproduce.add_argument(
@@ -41,6 +47,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="TOML with the dataset roots ([datasets], default ./generalad.toml) and optionally these options "
         "([reproduce]; flags override it)",
     )
+    _add_reproduce_run_options(reproduce)
+
+
+def _add_reproduce_run_options(reproduce: argparse.ArgumentParser) -> None:
+    """reproduce's cluster, run id, device and precision, plan, cache and timeout options."""
     reproduce.add_argument(
         "--dask-address", default=None, help="existing Dask scheduler (default: LocalCluster)"
     )
@@ -74,6 +85,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="seconds per class task (default: 30x its estimate, at least 1800)",
     )
 
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `report`: the paper-style table (or a plain one) of a report store."""
     report = sub.add_parser("report", help="render the paper-style table from a report store")
     report.add_argument(
         "--reports", default=None, help="report store (default $GENERALAD_REPORTS, else ./reports)"
