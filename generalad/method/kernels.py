@@ -5,7 +5,7 @@ materialises the (B*H, N, N) scores, softmax, a float Bernoulli mask and the dro
 N = 1369, batch 48, 4 heads) and draws the mask at ~6 ns per element. Two changes, same distribution:
 
 - `keep_mask`: the mask from 8 random bits per element, exact to 2^-40 (see there); about 5x cheaper than
-  ``bernoulli_``. `Dropout` uses it with the scale ``1 / (1 - p)`` (torch's) and keeps a bool mask for backward.
+  ``bernoulli_``. `Dropout` uses it with the scale ``1 / (1 - p)`` (torch's) and keeps the scaled mask for backward.
 - `dropout_attention`: softmax(Q K^T / sqrt(d)) with dropout, times V, computed in query blocks of about
   `BLOCK_ELEMENTS` scores (one core's L2), so scores, mask and weights of a block stay in cache. Only Q, K, V
   and the output are kept for backward; the backward recomputes each block's weights (torch's fused softmax)
@@ -109,15 +109,16 @@ def keep_mask(
 class _DropoutFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = keep_mask(x.shape, p, device=x.device)
-        ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
-        return x * keep.to(x.dtype).mul_(ctx.scale)  # float * uint8 is not vectorised: cast the mask first
+        # the scaled mask in x's dtype, kept for backward: regenerating it there from a uint8 mask costs a cast
+        # and a scale per element again (about as much as the product itself), for 1-3 bytes per element saved
+        scaled = keep_mask(x.shape, p, device=x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(scaled)
+        return x * scaled  # float * uint8 is not vectorised: cast the mask first
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad * keep.to(grad.dtype).mul_(ctx.scale), None
+        (scaled,) = ctx.saved_tensors
+        return grad * scaled, None
 
 
 class Dropout(nn.Dropout):
