@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from inputs import ROOT, SHARED_DATA, cifar_adapter, grid_adapter, synthetic_store
-from machine import cpu_flags, cpu_model, machine, peak_rss_mb, reset_peak_rss
+from machine import MALLOC_ENV, cpu_flags, cpu_model, machine, peak_rss_mb, proc_status_kb, reset_peak_rss
 
 __all__ = [
     "ROOT",
@@ -40,8 +40,10 @@ __all__ = [
     "cpu_flags",
     "median",
     "interleaved",
+    "proc_status_kb",
     "peak_rss_mb",
     "reset_peak_rss",
+    "MALLOC_ENV",
     "paired_ratios",
     "matmul_flops_per_second",
     "check",
