@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from inputs import ROOT, SHARED_DATA, cifar_adapter, grid_adapter, synthetic_store
-from machine import cpu_flags, cpu_model, machine, peak_rss_mb, reset_peak_rss
+from machine import MALLOC_ENV, cpu_flags, cpu_model, machine, peak_rss_mb, proc_status_kb, reset_peak_rss
 
 __all__ = [
     "ROOT",
@@ -40,8 +40,10 @@ __all__ = [
     "cpu_flags",
     "median",
     "interleaved",
+    "proc_status_kb",
     "peak_rss_mb",
     "reset_peak_rss",
+    "MALLOC_ENV",
     "paired_ratios",
     "matmul_flops_per_second",
     "check",
@@ -52,7 +54,6 @@ __all__ = [
     "print_table",
     "scratch_dir",
     "offline_environment",
-    "instrumented_extraction",
     "grid_adapter",
     "cifar_adapter",
     "synthetic_store",
@@ -301,50 +302,3 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
     """A temporary folder on the same disk as the system temp dir, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix=f"generalad-bench-{prefix}-") as path:
         yield Path(path)
-
-
-@contextlib.contextmanager
-def instrumented_extraction(split: dict[str, float]) -> Iterator[None]:
-    """DEPRECATED, kept only until bench/suite_payoff.py (another owner's) passes ``timings=split`` to
-    `extract_features` itself, which gives the same "build model" and "create store" entries without patching.
-
-    Times the parts of `storage.extraction.extract_features` by wrapping what it calls (restored afterwards):
-    model build, backbone forward (main thread), file decode + resize (background thread, overlaps the forward),
-    shard writes, and the final verify + consolidate + COMPLETE marker. Adds seconds into ``split``."""
-    import storage.extraction as extraction
-
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                split[name] = split.get(name, 0.0) + time.perf_counter() - start
-
-        return wrapper
-
-    saved = {name: getattr(extraction, name) for name in ("load_backbone", "_decode", "StoreWriter")}
-
-    def load_backbone(spec):
-        backbone = timed("build model", saved["load_backbone"])(spec)
-        backbone.forward = timed("forward + capture (main thread)", backbone.forward)
-        return backbone
-
-    class Writer(saved["StoreWriter"]):
-        def __init__(self, *a, **k):
-            timed("create store", super().__init__)(*a, **k)
-
-        def write_shard(self, *a, **k):
-            return timed("write shards", super().write_shard)(*a, **k)
-
-        def mark_complete(self, *a, **k):
-            return timed("verify + consolidate + marker", super().mark_complete)(*a, **k)
-
-    extraction.load_backbone = load_backbone
-    extraction._decode = timed("decode + resize + mask (background thread)", saved["_decode"])
-    extraction.StoreWriter = Writer
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(extraction, name, value)

@@ -102,7 +102,7 @@ def epoch_times(tmp: Path, rounds: int, epochs: int) -> dict[str, dict[str, list
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None):
     parser = base_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set (3 quick, 5 full)")
     parser.add_argument(
@@ -112,20 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--rounds", type=int, default=None, help="rounds of the epoch timing (2 quick, 3 full)"
     )
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    seeds, epochs = args.seeds or (3 if args.quick else 5), args.epochs or (5 if args.quick else 10)
-    rounds = args.rounds or (2 if args.quick else 3)
-    import torch
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    load_start = loadavg()
-    with scratch_dir("fast-paths") as tmp:
-        aurocs = equivalence(tmp, seeds, epochs, args.size)
-        times = epoch_times(tmp, rounds, epochs=2)
-    print(
-        f"\nimage AUROC, new vs old paths, {seeds} seeds, {epochs} epochs, {args.size} px; load {load_start}"
-    )
+
+def auroc_report(aurocs: list[dict]) -> list[dict]:
+    """Prints mean AUROC new vs old per data set; returns the summary rows (difference / spread over seeds)."""
     table, summary = [], []
     for row in aurocs:
         new, old = row["new"], row["old"]
@@ -145,6 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
         )
     print_table(["data", "mean AUROC new", "mean AUROC old", "new - old", "std over all runs"], table)
+    return summary
+
+
+def epoch_report(times: dict[str, dict[str, list[float]]]) -> tuple[float, float, list[dict]]:
+    """Old / new time per epoch, wall and process CPU (median of per-round ratios), printed; and summary rows."""
     ratio_wall = median([o / n for o, n in zip(times["old"]["wall"], times["new"]["wall"], strict=True)])
     ratio_cpu = median([o / n for o, n in zip(times["old"]["cpu"], times["new"]["cpu"], strict=True)])
     print(
@@ -152,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{ratio_cpu:.2f} (process CPU); new {median(times['new']['wall']):.2f} s, old "
         f"{median(times['old']['wall']):.2f} s (wall, median of rounds)"
     )
-    summary.append(
+    summary = [
         check(
             "12 epoch",
             "old / new time per epoch, 224 px industrial (wall)",
@@ -160,9 +156,30 @@ def main(argv: list[str] | None = None) -> dict:
             1.7,
             ">=",
             fmt="{:.2f}",
-        )
+        ),
+        check("12 epoch", "  same, process CPU time (info)", ratio_cpu, fmt="{:.2f}"),
+    ]
+    return ratio_wall, ratio_cpu, summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    seeds, epochs = args.seeds or (3 if args.quick else 5), args.epochs or (5 if args.quick else 10)
+    rounds = args.rounds or (2 if args.quick else 3)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_start = loadavg()
+    with scratch_dir("fast-paths") as tmp:
+        aurocs = equivalence(tmp, seeds, epochs, args.size)
+        times = epoch_times(tmp, rounds, epochs=2)
+    print(
+        f"\nimage AUROC, new vs old paths, {seeds} seeds, {epochs} epochs, {args.size} px; load {load_start}"
     )
-    summary.append(check("12 epoch", "  same, process CPU time (info)", ratio_cpu, fmt="{:.2f}"))
+    summary = auroc_report(aurocs)
+    ratio_wall, ratio_cpu, epoch_rows = epoch_report(times)
+    summary += epoch_rows
     payload = {
         "config": {"seeds": seeds, "epochs": epochs, "size": args.size, "rounds": rounds},
         "loadavg_start": load_start,

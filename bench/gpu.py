@@ -223,7 +223,7 @@ def bench_extract_path(tmp, *, repeats: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None):
     parser = base_parser(__doc__)
     parser.add_argument(
         "--sizes", nargs="+", default=None, choices=list(LETTER), help="default all (S only quick)"
@@ -232,7 +232,116 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed iterations per measurement (5 / 10)")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only to smoke-test this script")
     parser.add_argument("--image-size", type=int, default=518, help="518; smaller only to smoke-test")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(sizes: list[str], *, batch: int, repeats: int, quick: bool) -> dict:
+    """Steps 1-5 of the module docstring, keyed as the result's payload."""
+    backbones = {s: bench_backbone(s, batch=batch, repeats=repeats) for s in sizes}
+    discs = {s: bench_discriminator(backbones[s]["embed_dim"], batch=batch, repeats=repeats) for s in sizes}
+    inference = {s: bench_inference(s, batches=(batch, 1), repeats=repeats) for s in sizes}
+    with scratch_dir("gpu") as tmp:
+        extract_path = bench_extract_path(tmp, repeats=repeats)
+        flow_path = gpu_flow.run(tmp, DEVICE, quick=quick, decode_only=DEVICE != "cuda")
+    return {
+        "flow_path": flow_path,
+        "backbone": backbones,
+        "discriminator": discs,
+        "inference": inference,
+        "extract_path": extract_path,
+    }
+
+
+def print_tables(m: dict, sizes: list[str], batch: int, device_name: str, load_start) -> None:
+    from generalad.apps.paper import INFERENCE_IMAGES_PER_SECOND
+
+    backbones, discs, inference, extract_path = (
+        m["backbone"],
+        m["discriminator"],
+        m["inference"],
+        m["extract_path"],
+    )
+    print(
+        f"\nGPU: {device_name}, {SIZE} px, batch {batch}, random weights (LayerScale 1.0); load {load_start}"
+    )
+    rows = []
+    for s, b in backbones.items():
+        for name, e in b["precision"].items():
+            tok = e.get("tokens_vs_float32", {})
+            rows.append(
+                [LETTER[s], name, e["images_per_s"]]
+                + [tok.get(k, "") for k in ("max_abs_diff", "mean_abs_diff", "cosine_mean", "cosine_min")]
+            )
+    print_table(
+        ["ViT", "precision", "extract fwd img/s", "max |d| tokens", "mean |d|", "cos mean", "cos min"],
+        rows,
+        title="\nextraction forward (Backbone, capture included)",
+    )
+    print(
+        f"\nextract_features on the GPU, ViT-S, {extract_path['images']} generated 1024x1024 PNGs: "
+        f"{extract_path['extract_images_per_s']:.1f} img/s vs forward alone {extract_path['forward_images_per_s']:.1f}"
+    )
+    print_table(
+        ["ViT", "E", "train img/s fp32", "train img/s bf16", "infer img/s b16 fp32", "b16 bf16", "b1 fp32"]
+        + ["paper (A100)"],
+        [
+            [LETTER[s], backbones[s]["embed_dim"]]
+            + [discs[s]["float32"]["images_per_s"], discs[s]["bfloat16"]["images_per_s"]]
+            + [inference[s][f"batch{batch}_float32"]["images_per_s"]]
+            + [inference[s][f"batch{batch}_bfloat16"]["images_per_s"]]
+            + [inference[s]["batch1_float32"]["images_per_s"], INFERENCE_IMAGES_PER_SECOND[LETTER[s]]]
+            for s in sizes
+        ],
+        title=f"\ndiscriminator training (N={(SIZE // 14) ** 2}, 3 views) and end-to-end inference",
+    )
+
+
+def summary_rows(m: dict, sizes: list[str], batch: int, device_name: str) -> list[dict]:
+    from generalad.apps.paper import INFERENCE_DEVICE, INFERENCE_IMAGES_PER_SECOND
+
+    summary = []
+    for s in sizes:
+        paper = INFERENCE_IMAGES_PER_SECOND[LETTER[s]]
+        fp32 = m["inference"][s][f"batch{batch}_float32"]["images_per_s"]
+        summary.append(
+            check(
+                "8 GPU",
+                f"ViT-{LETTER[s]} end-to-end inference img/s / paper's ({INFERENCE_DEVICE})",
+                fp32 / paper,
+                fmt="{:.2f}",
+                note=f"{fp32:.0f} img/s fp32 on {device_name}",
+            )
+        )
+        precision = m["backbone"][s]["precision"]
+        summary.append(
+            check(
+                "8 GPU",
+                f"  ViT-{LETTER[s]} bf16 / fp32 extraction speed (info)",
+                precision["bfloat16"]["images_per_s"] / precision["float32"]["images_per_s"],
+                fmt="{:.2f}",
+                note=f"token cosine min {precision['bfloat16']['tokens_vs_float32']['cosine_min']:.4f}",
+            )
+        )
+    extract_path = m["extract_path"]
+    summary.append(
+        check(
+            "8 GPU",
+            "extract_features / forward alone, ViT-S (info)",
+            extract_path["extract_images_per_s"] / extract_path["forward_images_per_s"],
+            fmt="{:.2f}",
+        )
+    )
+    summary += gpu_flow.summary_rows(m["flow_path"])
+    summary += [
+        check("16 GPU", f"ViT-{LETTER[s]} training steps/s fp32 (batch {batch})",
+              m["discriminator"][s]["float32"]["images_per_s"] / batch, fmt="{:.2f}")
+        for s in sizes
+    ]  # fmt: skip
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     global DEVICE, SIZE
     DEVICE, SIZE = args.device, args.image_size
     started = time.perf_counter()
@@ -246,119 +355,23 @@ def main(argv: list[str] | None = None) -> dict:
         summary = [check("8 GPU", "GPU benchmark", None, note="skipped: no CUDA device")]
         return finish(NAME, args, {"skipped": True, "reason": message, "summary": summary}, started)
 
-    from generalad.apps.paper import INFERENCE_DEVICE, INFERENCE_IMAGES_PER_SECOND
+    from generalad.apps.paper import INFERENCE_IMAGES_PER_SECOND
 
     sizes = args.sizes or (["small"] if args.quick else ["small", "base", "large"])
     repeats = args.repeats or (5 if args.quick else 10)
     device_name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else f"{DEVICE} (smoke test)"
-    backbones = {s: bench_backbone(s, batch=args.batch, repeats=repeats) for s in sizes}
-    discs = {
-        s: bench_discriminator(backbones[s]["embed_dim"], batch=args.batch, repeats=repeats) for s in sizes
-    }
-    inference = {s: bench_inference(s, batches=(args.batch, 1), repeats=repeats) for s in sizes}
-    with scratch_dir("gpu") as tmp:
-        extract_path = bench_extract_path(tmp, repeats=repeats)
-        flow_path = gpu_flow.run(tmp, DEVICE, quick=args.quick, decode_only=DEVICE != "cuda")
-
-    print(
-        f"\nGPU: {device_name}, {SIZE} px, batch {args.batch}, random weights (LayerScale 1.0); load {load_start}"
-    )
-    rows = []
-    for s, b in backbones.items():
-        for name, e in b["precision"].items():
-            tok = e.get("tokens_vs_float32", {})
-            rows.append(
-                [
-                    LETTER[s],
-                    name,
-                    e["images_per_s"],
-                    tok.get("max_abs_diff", ""),
-                    tok.get("mean_abs_diff", ""),
-                    tok.get("cosine_mean", ""),
-                    tok.get("cosine_min", ""),
-                ]
-            )
-    print_table(
-        ["ViT", "precision", "extract fwd img/s", "max |d| tokens", "mean |d|", "cos mean", "cos min"],
-        rows,
-        title="\nextraction forward (Backbone, capture included)",
-    )
-    print(
-        f"\nextract_features on the GPU, ViT-S, {extract_path['images']} generated 1024x1024 PNGs: "
-        f"{extract_path['extract_images_per_s']:.1f} img/s vs forward alone {extract_path['forward_images_per_s']:.1f}"
-    )
-    print_table(
-        [
-            "ViT",
-            "E",
-            "train img/s fp32",
-            "train img/s bf16",
-            "infer img/s b16 fp32",
-            "b16 bf16",
-            "b1 fp32",
-            "paper (A100)",
-        ],
-        [
-            [
-                LETTER[s],
-                backbones[s]["embed_dim"],
-                discs[s]["float32"]["images_per_s"],
-                discs[s]["bfloat16"]["images_per_s"],
-                inference[s][f"batch{args.batch}_float32"]["images_per_s"],
-                inference[s][f"batch{args.batch}_bfloat16"]["images_per_s"],
-                inference[s]["batch1_float32"]["images_per_s"],
-                INFERENCE_IMAGES_PER_SECOND[LETTER[s]],
-            ]
-            for s in sizes
-        ],
-        title=f"\ndiscriminator training (N={(SIZE // 14) ** 2}, 3 views) and end-to-end inference",
-    )
-    summary = []
-    for s in sizes:
-        paper = INFERENCE_IMAGES_PER_SECOND[LETTER[s]]
-        fp32 = inference[s][f"batch{args.batch}_float32"]["images_per_s"]
-        summary.append(
-            check(
-                "8 GPU",
-                f"ViT-{LETTER[s]} end-to-end inference img/s / paper's ({INFERENCE_DEVICE})",
-                fp32 / paper,
-                fmt="{:.2f}",
-                note=f"{fp32:.0f} img/s fp32 on {device_name}",
-            )
-        )
-        bf16 = backbones[s]["precision"]["bfloat16"]
-        summary.append(
-            check(
-                "8 GPU",
-                f"  ViT-{LETTER[s]} bf16 / fp32 extraction speed (info)",
-                bf16["images_per_s"] / backbones[s]["precision"]["float32"]["images_per_s"],
-                fmt="{:.2f}",
-                note=f"token cosine min {bf16['tokens_vs_float32']['cosine_min']:.4f}",
-            )
-        )
-    summary.append(
-        check(
-            "8 GPU",
-            "extract_features / forward alone, ViT-S (info)",
-            extract_path["extract_images_per_s"] / extract_path["forward_images_per_s"],
-            fmt="{:.2f}",
-        )
-    )
-    summary += gpu_flow.summary_rows(flow_path)
-    summary += [
-        check("16 GPU", f"ViT-{LETTER[s]} training steps/s fp32 (batch {args.batch})",
-              discs[s]["float32"]["images_per_s"] / args.batch, fmt="{:.2f}")
-        for s in sizes
-    ]  # fmt: skip
+    m = measure(sizes, batch=args.batch, repeats=repeats, quick=args.quick)
+    print_tables(m, sizes, args.batch, device_name, load_start)
+    summary = summary_rows(m, sizes, args.batch, device_name)
     payload = {
         "device": device_name,
-        "flow_path": flow_path,
+        "flow_path": m["flow_path"],
         "config": {"image_size": SIZE, "batch": args.batch, "repeats": repeats, "sizes": sizes},
         "loadavg_start": load_start,
-        "backbone": backbones,
-        "discriminator": discs,
-        "inference": inference,
-        "extract_path": extract_path,
+        "backbone": m["backbone"],
+        "discriminator": m["discriminator"],
+        "inference": m["inference"],
+        "extract_path": m["extract_path"],
         "paper_images_per_s": dict(INFERENCE_IMAGES_PER_SECOND),
         "summary": summary,
     }

@@ -63,16 +63,17 @@ def bench_decode(tmp: Path, device: str, *, n: int = 32) -> dict:
 
     from generalad.backbone import BackboneSpec, load_backbone
     from generalad.data import generate_quickstart, get_dataset
-    from storage.extraction import _decode, _default_decode_workers, _record
+    from generalad.data.base import manifest_record
+    from storage.extraction import decode_record, default_decode_workers
 
     root = generate_quickstart(tmp / "big", n_train=n, n_test_good=1, n_test_defect=3, image_size=1024)
     adapter = get_dataset("quickstart", root, category="brick")
-    records = [_record(r) for r in adapter.manifest().itertuples(index=False)]
+    records = [manifest_record(r) for r in adapter.manifest().itertuples(index=False)]
     rates = {}
-    for workers in (1, _default_decode_workers()):
+    for workers in (1, default_decode_workers()):
         with ThreadPoolExecutor(workers) as pool:
             start = time.perf_counter()
-            list(pool.map(lambda r: _decode(adapter, r, 518, True), records))
+            list(pool.map(lambda r: decode_record(adapter, r, 518, True), records))
             rates[workers] = len(records) / (time.perf_counter() - start)
     backbone = load_backbone(BackboneSpec(weights="random", image_size=518, init_values=1.0)).to(device)
     batch = torch.randn(2 if device == "cpu" else 32, 3, 518, 518, device=device)
@@ -86,7 +87,7 @@ def bench_decode(tmp: Path, device: str, *, n: int = 32) -> dict:
             torch.cuda.synchronize()
         forward = len(batch) / (time.perf_counter() - start)
     return {"images": len(records), "decode_1_thread": rates[1], "decode_workers": max(rates),
-            "workers": _default_decode_workers(), "forward_vit_s_518": forward, "device": device}  # fmt: skip
+            "workers": default_decode_workers(), "forward_vit_s_518": forward, "device": device}  # fmt: skip
 
 
 def bench_plan_vitl(device: str) -> dict:

@@ -36,35 +36,21 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from common import base_parser, check, finish, loadavg, print_table, scratch_dir, synthetic_store
+from common import (
+    MALLOC_ENV,
+    base_parser,
+    check,
+    finish,
+    loadavg,
+    print_table,
+    proc_status_kb,
+    scratch_dir,
+    synthetic_store,
+)
 
 NAME = "memory"
 CONTROL = "8x, every row loaded first (control)"
-# glibc: serve every block >= 64 KiB by mmap and give it back on free, so that peak RSS follows live memory
-# instead of heap fragmentation (the same for every child; without it the noise is tens of MB)
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-
-
-def _vm_hwm_kb() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _vm_rss_kb() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def child(url: str, mode: str, threads: int) -> None:
@@ -80,7 +66,7 @@ def child(url: str, mode: str, threads: int) -> None:
     from storage.feature_store import FeatureStore
 
     torch.set_num_threads(threads)
-    baseline = _vm_rss_kb()
+    baseline = proc_status_kb("VmRSS")
     store = FeatureStore(url)
     if mode == "needs":
         preset, mode = preset_for("mvtec_ad").with_overrides(epochs=1), "stream"
@@ -97,7 +83,7 @@ def child(url: str, mode: str, threads: int) -> None:
         "images": store.num_images,
         "test_images": len(result.scores),
         "seconds": time.perf_counter() - start,
-        "vm_hwm_kb": _vm_hwm_kb(),
+        "vm_hwm_kb": proc_status_kb("VmHWM"),
         "baseline_kb": baseline,
     }
     print("RESULT " + json.dumps(info))
@@ -159,7 +145,7 @@ def needs(args: argparse.Namespace, started: float) -> dict:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__)
     parser.add_argument("--grid", type=int, default=8, help="patch grid side (8 = 112 px)")
     parser.add_argument("--base-images", type=int, default=None, help="images in the 1x store (128 / 256)")
@@ -169,16 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--needs-grids", type=int, nargs="+", default=[16, 37], help="patch grid sides of --needs (16 37)"
     )
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, args.mode, args.threads)
-        return {}
-    started = time.perf_counter()
-    if args.needs:
-        return needs(args, started)
-    base = args.base_images or (128 if args.quick else 256)
-    per_class = base // 4  # train and test of classes a and b
-    load_start = loadavg()
+    return parser.parse_args(argv)
+
+
+def flat_runs(grid: int, per_class: int, threads: int) -> dict[str, dict]:
+    """The 1x and 8x stores streamed, and the 8x store loaded first (the control), each in its own child."""
     runs: dict[str, dict] = {}
     with scratch_dir("memory") as tmp:
         urls = {}
@@ -188,38 +169,26 @@ def main(argv: list[str] | None = None) -> dict:
                 classes=("a", "b"),
                 n_train=per_class * factor,
                 n_test_per_class=per_class * factor,
-                grid=args.grid,
+                grid=grid,
             )
-        runs["1x"] = run_child(urls[1], "stream", args.threads)
-        runs["8x"] = run_child(urls[8], "stream", args.threads)
-        runs[CONTROL] = run_child(urls[8], "load", args.threads)
+        runs["1x"] = run_child(urls[1], "stream", threads)
+        runs["8x"] = run_child(urls[8], "stream", threads)
+        runs[CONTROL] = run_child(urls[8], "load", threads)
+    return runs
 
+
+def flat_report(runs: dict[str, dict], grid: int, threads: int, load_start) -> dict:
+    """Prints the runs and the verdict; returns the ratios and the summary rows."""
     ratio = runs["8x"]["peak_mb"] / runs["1x"]["peak_mb"]
-    fp32_mb = {k: r["images"] * args.grid**2 * 384 * 4 / 1e6 for k, r in runs.items()}
+    fp32_mb = {k: r["images"] * grid**2 * 384 * 4 / 1e6 for k, r in runs.items()}
     extra_fp32 = fp32_mb["8x"] - fp32_mb["1x"]
     retained = (runs["8x"]["peak_mb"] - runs["1x"]["peak_mb"]) / extra_fp32
     retained_control = (runs[CONTROL]["peak_mb"] - runs["1x"]["peak_mb"]) / extra_fp32
-    print(
-        f"\nmemory, N={args.grid**2}, E=384, fp16 stores, {args.threads} threads; load at start {load_start}"
-    )
+    print(f"\nmemory, N={grid**2}, E=384, fp16 stores, {threads} threads; load at start {load_start}")
     print_table(
+        ["run", "store images", "features as fp32 MB", "test images scored", "peak RSS (VmHWM) MB", "s"],
         [
-            "run",
-            "store images",
-            "features as fp32 MB",
-            "test images scored",
-            "peak RSS (VmHWM) MB",
-            "s",
-        ],
-        [
-            [
-                name,
-                r["images"],
-                fp32_mb[name],
-                r["test_images"],
-                r["peak_mb"],
-                r["seconds"],
-            ]
+            [name, r["images"], fp32_mb[name], r["test_images"], r["peak_mb"], r["seconds"]]
             for name, r in runs.items()
         ],
     )
@@ -240,14 +209,31 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         check("6 memory", "  peak RSS 8x / 1x (info)", ratio),
     ]
-    payload = {
-        "config": {"grid": args.grid, "embed_dim": 384, "base_images": base, "factor": 8},
-        "loadavg_start": load_start,
-        "runs": runs,
+    return {
         "ratio": ratio,
         "retained_fraction": retained,
         "retained_fraction_control": retained_control,
         "summary": summary,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.child:
+        child(args.child, args.mode, args.threads)
+        return {}
+    started = time.perf_counter()
+    if args.needs:
+        return needs(args, started)
+    base = args.base_images or (128 if args.quick else 256)
+    per_class = base // 4  # train and test of classes a and b
+    load_start = loadavg()
+    runs = flat_runs(args.grid, per_class, args.threads)
+    payload = {
+        "config": {"grid": args.grid, "embed_dim": 384, "base_images": base, "factor": 8},
+        "loadavg_start": load_start,
+        "runs": runs,
+        **flat_report(runs, args.grid, args.threads, load_start),
     }
     return finish(NAME, args, payload, started)
 

@@ -25,24 +25,24 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from common import base_parser, check, finish, loadavg, print_table, scratch_dir, synthetic_store
+from common import (
+    MALLOC_ENV,
+    base_parser,
+    check,
+    finish,
+    loadavg,
+    peak_rss_mb,
+    print_table,
+    scratch_dir,
+    synthetic_store,
+)
 
 NAME = "scale"
 CLASSES = tuple(f"class{i}" for i in range(10))
 GRID, EMBED_DIM, HEADS = 4, 32, 2
 # (training images per class, test images per class): CIFAR-10's 60,000 and 1/60 of it
 SIZES = {"60,000 images (CIFAR-10)": (5000, 1000), "1,000 images": (83, 17)}
-# glibc: give freed blocks >= 64 KiB back at once, so peak RSS follows live memory (as in bench/memory.py)
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-
-
-def _vm_hwm_mb() -> float | None:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def child(url: str, epochs: int, threads: int) -> None:
@@ -66,7 +66,7 @@ def child(url: str, epochs: int, threads: int) -> None:
     store.read = counted  # iter_batches reads through self.read
     preset = preset_for("cifar10").with_overrides(epochs=epochs)
     split = store.split(CLASSES[0])
-    rss_before = _vm_hwm_mb()
+    rss_before = peak_rss_mb()
     start = time.perf_counter()
     result = train_from_store(store, CLASSES[0], preset=preset, eval_every_epoch=True, progress=False)
     seconds = time.perf_counter() - start
@@ -83,7 +83,7 @@ def child(url: str, epochs: int, threads: int) -> None:
         "rows_served": served["rows"],
         "reads": served["reads"],
         "vm_hwm_before_mb": rss_before,
-        "peak_mb": _vm_hwm_mb(),
+        "peak_mb": peak_rss_mb(),
     }
     print("RESULT " + json.dumps(info))
 
@@ -97,16 +97,8 @@ def run_child(url: str, epochs: int, threads: int) -> dict:
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = base_parser(__doc__)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (each with a full test pass)")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, args.epochs, args.threads)
-        return {}
-    started = time.perf_counter()
-    load_start = loadavg()
+def write_and_run(epochs: int, threads: int) -> dict[str, dict]:
+    """Each store of `SIZES` written (timed), then one class trained + evaluated from it in a child."""
     runs: dict[str, dict] = {}
     with scratch_dir("scale") as tmp:
         for name, (n_train, n_test) in SIZES.items():
@@ -122,30 +114,28 @@ def main(argv: list[str] | None = None) -> dict:
                 shard_size=256,
             )
             write_seconds = time.perf_counter() - write_start
-            runs[name] = run_child(url, args.epochs, args.threads) | {"write_seconds": write_seconds}
-    big, small = runs[next(iter(SIZES))], runs[list(SIZES)[1]]
+            runs[name] = run_child(url, epochs, threads) | {"write_seconds": write_seconds}
     image_bytes = GRID**2 * (EMBED_DIM + HEADS) * 2  # fp16 tokens + CLS attention of one image
     for run in runs.values():
         run["rows_per_epoch"] = run["rows_served"] / run["epochs"]
         run["bytes_per_epoch"] = run["rows_per_epoch"] * image_bytes
     for run in runs.values():  # what training + evaluation added on top of the opened store and its splits
         run["training_growth_mb"] = run["peak_mb"] - run["vm_hwm_before_mb"]
+    return runs
+
+
+def report(runs: dict[str, dict], threads: int, load_start) -> list[dict]:
+    """Prints the runs and what the memory growth says; returns the summary rows."""
+    big, small = runs[next(iter(SIZES))], runs[list(SIZES)[1]]
     growth = big["training_growth_mb"] - small["training_growth_mb"]
     metadata = big["vm_hwm_before_mb"] - small["vm_hwm_before_mb"]
     fp32_mb = big["images"] * GRID**2 * EMBED_DIM * 4 / 1e6
-    print(f"\nscale, N={GRID**2}, E={EMBED_DIM}, fp16, {args.threads} threads; load at start {load_start}")
+    print(f"\nscale, N={GRID**2}, E={EMBED_DIM}, fp16, {threads} threads; load at start {load_start}")
     print_table(
         ["store", "train/test", "rows read/epoch", "s/epoch", "RSS opened MB", "peak MB", "training +MB"],
         [
-            [
-                name,
-                f"{r['train_images']}/{r['test_images']}",
-                r["rows_per_epoch"],
-                r["seconds_per_epoch"],
-                r["vm_hwm_before_mb"],
-                r["peak_mb"],
-                r["training_growth_mb"],
-            ]
+            [name, f"{r['train_images']}/{r['test_images']}", r["rows_per_epoch"], r["seconds_per_epoch"]]
+            + [r["vm_hwm_before_mb"], r["peak_mb"], r["training_growth_mb"]]
             for name, r in runs.items()
         ],
     )
@@ -155,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"(fp32) in the large store; the opened store's manifest + splits (pandas) add {metadata:.0f} MB "
         f"(~{metadata * 1e6 / (big['images'] - small['images']):.0f} B per image, independent of N and E)"
     )
-    summary = [
+    return [
         check(
             "scale",
             "training-memory growth 1k -> 60k images / the 60k features as fp32",
@@ -167,6 +157,20 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         check("scale", "  s per epoch at 60k images (incl. 10k test pass, info)", big["seconds_per_epoch"]),
     ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (each with a full test pass)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.epochs, args.threads)
+        return {}
+    started = time.perf_counter()
+    load_start = loadavg()
+    runs = write_and_run(args.epochs, args.threads)
+    summary = report(runs, args.threads, load_start)
     payload = {
         "config": {"grid": GRID, "embed_dim": EMBED_DIM, "heads": HEADS, "epochs": args.epochs},
         "loadavg_start": load_start,

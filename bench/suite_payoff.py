@@ -55,240 +55,60 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from common import (
-    base_parser,
-    check,
-    cifar_adapter,
-    finish,
-    grid_adapter,
-    instrumented_extraction,
-    interleaved,
-    loadavg,
-    median,
-    print_table,
-    scratch_dir,
-    synthetic_store,
-)
+from common import base_parser, check, cifar_adapter, finish, grid_adapter, loadavg, print_table, scratch_dir
+from suite_units import BATCH, MODEL, REAL, Protocol, backbone_spec, extrapolate, measure_units
+from suite_ways import run_ours, run_reference
 
 NAME = "suite_payoff"
-MODEL = "vit_small_patch14_dinov2"
 CIFAR_CLASSES = ("cat", "dog")  # the full mode runs both; the quick mode runs only the first
-BATCH = 16
-PRESET = {"grid": "mvtec_ad", "cifar10": "cifar10"}
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """A dataset's proportions: what the runs do per class."""
+class Settings:
+    """The executed run's sizes: the options, or the mode's defaults where they are unset."""
 
-    store_images: int  # images `extract_features` puts in the store (the whole dataset / category)
-    classes: int  # normal classes the suite trains
     epochs: int
-    steps_per_epoch: int
-    test_images: int
+    grid_train: int | None  # None: every image of the category
+    grid_test: int | None
+    cifar_train: int
+    cifar_test: int
+    cifar_classes: tuple[str, ...]
+    image_size: int
+    estimate_518: bool
 
 
-REAL = {
-    "grid": Protocol(
-        store_images=264 + 78, classes=1, epochs=160, steps_per_epoch=264 // BATCH, test_images=78
-    ),
-    "cifar10": Protocol(
-        store_images=60_000, classes=2, epochs=20, steps_per_epoch=250 // BATCH, test_images=10_000
-    ),
-}
+@dataclass(frozen=True)
+class Executed:
+    """What the executed run measured: both ways on each dataset, the unit costs, and the data they ran on."""
+
+    results: dict[str, dict]  # dataset -> way ("ours", "reference") -> `run_ours` / `run_reference` report
+    units: dict
+    units518: dict | None
+    store_images: dict[str, int]
+    classes: dict[str, int]  # normal classes trained per dataset
+    grid_source: str
+    cifar_source: str
 
 
-class ReferenceStyleSource:
-    """A `FeatureSource` that decodes and runs the frozen backbone for every batch it is asked for (the reference's
-    data path). Counts image-forwards and the seconds spent decoding + in the backbone."""
+@dataclass(frozen=True)
+class Estimates:
+    """The executed run's totals and the extrapolations from the unit costs (module docstring)."""
 
-    def __init__(self, adapter, backbone, *, chunk: int = 8):
-        from storage.extraction import _record
-
-        self.adapter, self.backbone, self.chunk = adapter, backbone, chunk
-        self.records = [_record(row) for row in adapter.manifest().itertuples(index=False)]
-        self.forwards = 0
-        self.backbone_seconds = 0.0
-
-    @property
-    def num_images(self) -> int:
-        return len(self.records)
-
-    @property
-    def num_patches(self) -> int:
-        return self.backbone.num_patches
-
-    @property
-    def embed_dim(self) -> int:
-        return self.backbone.embed_dim
-
-    @property
-    def num_heads(self) -> int:
-        return self.backbone.num_heads
-
-    def _decode(self, rows) -> torch.Tensor:
-        from generalad.data.preprocess import preprocess_image
-
-        size = self.backbone.spec.image_size
-        return torch.stack([preprocess_image(self.adapter.load_image(self.records[i]), size) for i in rows])
-
-    def iter_batches(self, batches):
-        from storage.prefetch import prefetched
-
-        for images in prefetched(((lambda rows=rows: self._decode(rows)) for rows in batches), depth=2):
-            start = time.perf_counter()
-            with torch.no_grad():
-                parts = [self.backbone(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
-            self.backbone_seconds += time.perf_counter() - start
-            self.forwards += len(images)
-            yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    ext: dict[str, float]
+    ext_executed: dict[str, float]
+    wall_a: float  # ours
+    wall_b: float  # reference
+    fwd_a: int
+    fwd_b: int
+    model: dict  # the formula at the executed run's proportions
+    real: dict
+    all_classes: dict
+    real518: dict | None
+    auroc_gap: float
 
 
-def run_ours(adapter, spec, classes, preset, store_root: str):
-    from generalad.method.experiment import run_one_class
-    from storage.extraction import extract_features
-    from storage.feature_store import FeatureStore
-
-    split: dict[str, float] = {}
-    start = time.perf_counter()
-    with instrumented_extraction(split):
-        extracted = extract_features(adapter, spec, store_root, batch_size=8, progress=False)
-    store = FeatureStore(extracted.url)
-    splits = [store.split(c) for c in classes]
-    runs = [run_one_class(store, s, preset, seed=0, eval_every_epoch=True, progress=False) for s in splits]
-    wall = time.perf_counter() - start
-    fixed = split.get("build model", 0.0) + split.get("create store", 0.0)
-    return {
-        "wall_s": wall,
-        "forwards": extracted.images_extracted,
-        "extract_s": extracted.seconds,
-        "extract_fixed_s": fixed,
-        "extract_s_per_image": (extracted.seconds - fixed) / extracted.images_extracted,
-        "steps": sum(h["steps"] for run in runs for h in run.history),
-        "scored_images": sum(run.epochs * len(s.test_rows) for run, s in zip(runs, splits, strict=True)),
-        "auroc_last": [r.evaluations["last"].metrics["image_auroc"] for r in runs],
-    }
-
-
-def run_reference(adapter, spec, classes, preset):
-    from generalad.backbone import load_backbone
-    from generalad.method.experiment import run_one_class
-
-    start = time.perf_counter()
-    source = ReferenceStyleSource(adapter, load_backbone(spec))
-    manifest = adapter.manifest()
-    splits = [adapter.one_class_split(manifest, c) for c in classes]
-    runs = [run_one_class(source, s, preset, seed=0, eval_every_epoch=True, progress=False) for s in splits]
-    return {
-        "wall_s": time.perf_counter() - start,
-        "forwards": source.forwards,
-        "backbone_s_per_image": source.backbone_seconds / source.forwards,
-        "steps": sum(h["steps"] for run in runs for h in run.history),
-        "scored_images": sum(run.epochs * len(s.test_rows) for run, s in zip(runs, splits, strict=True)),
-        "auroc_last": [r.evaluations["last"].metrics["image_auroc"] for r in runs],
-    }
-
-
-def _spec(size: int):
-    from generalad.backbone import BackboneSpec
-
-    return BackboneSpec(name=MODEL, weights="random", seed=0, image_size=size, init_values=1.0)
-
-
-def measure_units(tmp, size: int, adapters: dict, *, step_batch: int, rounds: int) -> dict:
-    """Per-unit costs at ``size`` px (module docstring), interleaved over ``rounds`` rounds (median): backbone
-    forward per image (batch 8), a training step of batch 16 per dataset's views (timed at ``step_batch``,
-    scaled), scoring per image from a store (64 rows); plus single-thread decode per image of each dataset."""
-    from generalad.backbone import load_backbone
-    from generalad.data.preprocess import preprocess_image
-    from generalad.method.presets import preset_for
-    from generalad.method.scoring import patch_logits
-    from generalad.method.training import build_discriminator, make_optimizer, training_step
-    from storage.extraction import _record
-    from storage.feature_store import FeatureStore
-
-    grid = size // 14
-    n = grid * grid
-    decode, images = {}, None
-    for name, adapter in adapters.items():
-        records = [_record(r) for r in adapter.manifest().head(4).itertuples(index=False)]
-        start = time.perf_counter()
-        decoded = [preprocess_image(adapter.load_image(r), size) for r in records]
-        decode[name] = (time.perf_counter() - start) / len(decoded)
-        images = images or decoded
-    backbone = load_backbone(_spec(size))
-    batch = torch.stack((images * 8)[:8])
-
-    def forward() -> None:
-        with torch.inference_mode():
-            backbone(batch)
-
-    tokens, attn = torch.randn(step_batch, n, 384), torch.rand(step_batch, 6, n)
-
-    def step_of(name: str):
-        preset = preset_for(PRESET[name])
-        torch.manual_seed(0)
-        model = build_discriminator(n, 384, preset).train()
-        optimizer, _ = make_optimizer(model, preset, 1)
-        generator = torch.Generator().manual_seed(0)
-        return model, lambda: training_step(
-            model, optimizer, tokens, attn, views=preset.views, generator=generator
-        )
-
-    steps = {name: step_of(name) for name in adapters}
-    url = str(tmp / f"units{size}.zarr")
-    synthetic_store(url, classes=("a", "b"), n_train=8, n_test_per_class=40, grid=grid)
-    store = FeatureStore(url)
-    scorer = steps["grid"][0]
-    rows = np.arange(16, 16 + 64)
-
-    def score() -> None:
-        patch_logits(scorer, store, rows)  # eval mode inside; store read + forward
-
-    with torch.inference_mode():
-        backbone(batch[:1])  # warm-up
-    variants = {"forward": forward, "score": score} | {f"step_{name}": fn for name, (_, fn) in steps.items()}
-    times = interleaved(variants, rounds=rounds)
-    return {
-        "forward_s": median(times["forward"]) / len(batch),
-        "decode_s": decode,
-        "step_s": {name: median(times[f"step_{name}"]) * BATCH / step_batch for name in adapters},
-        "score_s": median(times["score"]) / len(rows),
-        "step_batch": step_batch,
-        "rounds": rounds,
-        "times_s": times,
-    }
-
-
-def extrapolate(units: dict, ext: dict[str, float], protocols: dict[str, Protocol]) -> dict:
-    """Seconds and image-forwards of each way at the given proportions (formula in the module docstring)."""
-    parts = {"ours_extract": 0.0, "ours_train": 0.0, "ours_score": 0.0, "ref_train": 0.0, "ref_score": 0.0}
-    forwards_ours = forwards_ref = 0.0
-    for name, p in protocols.items():
-        step, score = units["step_s"][name], units["score_s"]
-        runs = p.classes * p.epochs
-        parts["ours_extract"] += p.store_images * ext[name]
-        parts["ours_train"] += runs * p.steps_per_epoch * step
-        parts["ours_score"] += runs * p.test_images * score
-        parts["ref_train"] += runs * p.steps_per_epoch * (step + BATCH * ext[name])
-        parts["ref_score"] += runs * p.test_images * (score + ext[name])
-        forwards_ours += p.store_images
-        forwards_ref += runs * (p.steps_per_epoch * BATCH + p.test_images)
-    ours = parts["ours_extract"] + parts["ours_train"] + parts["ours_score"]
-    ref = parts["ref_train"] + parts["ref_score"]
-    return {
-        "ours_s": ours,
-        "reference_s": ref,
-        "ratio": ref / ours,
-        "forwards_ours": forwards_ours,
-        "forwards_reference": forwards_ref,
-        "parts_s": parts,
-    }
-
-
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None):
     parser = base_parser(__doc__)
     parser.add_argument("--image-size", type=int, default=None, help="112 quick, 224 full")
     parser.add_argument(
@@ -303,32 +123,41 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--cifar-test", type=int, default=None, help="CIFAR test images per class (1 / 2)")
     parser.add_argument("--no-estimate-518", action="store_true", help="full mode: skip the 518 px estimate")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    epochs = args.epochs or (2 if args.quick else 3)
-    grid_train = args.grid_train or (16 if args.quick else None)
-    grid_test = args.grid_test or (6 if args.quick else None)
-    cifar_train = args.cifar_train or (16 if args.quick else 32)
-    cifar_test = args.cifar_test or (1 if args.quick else 2)
-    cifar_classes = CIFAR_CLASSES[:1] if args.quick else CIFAR_CLASSES
-    args.image_size = args.image_size or (112 if args.quick else 224)
-    torch.set_num_threads(args.threads)
-    load_start = loadavg()
+    return parser.parse_args(argv)
 
+
+def settings_of(args) -> Settings:
+    args.image_size = args.image_size or (
+        112 if args.quick else 224
+    )  # the result's args record the size used
+    return Settings(
+        epochs=args.epochs or (2 if args.quick else 3),
+        grid_train=args.grid_train or (16 if args.quick else None),
+        grid_test=args.grid_test or (6 if args.quick else None),
+        cifar_train=args.cifar_train or (16 if args.quick else 32),
+        cifar_test=args.cifar_test or (1 if args.quick else 2),
+        cifar_classes=CIFAR_CLASSES[:1] if args.quick else CIFAR_CLASSES,
+        image_size=args.image_size,
+        estimate_518=not args.quick and not args.no_estimate_518,
+    )
+
+
+def execute(s: Settings) -> Executed:
+    """Both ways on grid and CIFAR-10, then the unit costs at the run's size (and at 518 px when asked)."""
     from generalad.method.presets import preset_for
 
-    spec = _spec(args.image_size)
+    spec = backbone_spec(s.image_size)
     presets = {
-        "grid": preset_for("mvtec_ad").with_overrides(epochs=epochs),
-        "cifar10": preset_for("cifar10").with_overrides(epochs=epochs, epoch_subset=cifar_train),
+        "grid": preset_for("mvtec_ad").with_overrides(epochs=s.epochs),
+        "cifar10": preset_for("cifar10").with_overrides(epochs=s.epochs, epoch_subset=s.cifar_train),
     }
     results: dict[str, dict] = {}
     with scratch_dir("suite") as tmp:
-        grid, grid_source = grid_adapter(tmp, n_train=grid_train, n_test=grid_test)
+        grid, grid_source = grid_adapter(tmp, n_train=s.grid_train, n_test=s.grid_test)
         cifar, cifar_source = cifar_adapter(
-            tmp, cifar_classes, n_train=cifar_train, n_test_per_class=cifar_test
+            tmp, s.cifar_classes, n_train=s.cifar_train, n_test_per_class=s.cifar_test
         )
-        datasets = {"grid": (grid, grid.normal_classes()), "cifar10": (cifar, list(cifar_classes))}
+        datasets = {"grid": (grid, grid.normal_classes()), "cifar10": (cifar, list(s.cifar_classes))}
         # order a(grid) b(grid) b(cifar) a(cifar): ours runs first, paying the process's first-call costs
         for i, (name, (adapter, classes)) in enumerate(datasets.items()):
             ways = ("ours", "reference") if i % 2 == 0 else ("reference", "ours")
@@ -339,143 +168,124 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     results[name][way] = run_reference(adapter, spec, classes, presets[name])
         adapters = {name: adapter for name, (adapter, _) in datasets.items()}
-        units = measure_units(tmp, args.image_size, adapters, step_batch=BATCH, rounds=3)
-        units518 = None
-        if not args.quick and not args.no_estimate_518:
-            units518 = measure_units(tmp, 518, adapters, step_batch=4, rounds=2)
+        units = measure_units(tmp, s.image_size, adapters, step_batch=BATCH, rounds=3)
+        units518 = measure_units(tmp, 518, adapters, step_batch=4, rounds=2) if s.estimate_518 else None
         store_images = {name: len(adapter.manifest()) for name, (adapter, _) in datasets.items()}
+    classes = {name: len(names) for name, (_, names) in datasets.items()}
+    return Executed(results, units, units518, store_images, classes, grid_source, cifar_source)
 
+
+def estimate(run: Executed, epochs: int) -> Estimates:
+    """The executed run's totals, and the formula at its proportions, at the real ones, and at 518 px."""
+    results, units = run.results, run.units
     # ext: the extraction pipeline's cost per image = backbone forward + decode (on 2 cores the decoding thread
     # competes with the torch threads, so the two add up; question 1 measures how closely)
     ext = {name: units["forward_s"] + units["decode_s"][name] for name in results}
-    ext_executed = {name: r["ours"]["extract_s_per_image"] for name, r in results.items()}
-    wall_a = sum(r["ours"]["wall_s"] for r in results.values())
-    wall_b = sum(r["reference"]["wall_s"] for r in results.values())
-    fwd_a = sum(r["ours"]["forwards"] for r in results.values())
-    fwd_b = sum(r["reference"]["forwards"] for r in results.values())
     executed = {
         name: Protocol(
-            store_images=store_images[name],
-            classes=len(datasets[name][1]),
+            store_images=run.store_images[name],
+            classes=run.classes[name],
             epochs=epochs,
-            steps_per_epoch=results[name]["ours"]["steps"] // (epochs * len(datasets[name][1])),
-            test_images=results[name]["ours"]["scored_images"] // (epochs * len(datasets[name][1])),
+            steps_per_epoch=results[name]["ours"]["steps"] // (epochs * run.classes[name]),
+            test_images=results[name]["ours"]["scored_images"] // (epochs * run.classes[name]),
         )
         for name in results
     }
-    model = extrapolate(units, ext, executed)
-    real = extrapolate(units, ext, REAL)
-    all_classes = extrapolate(
-        units, ext, REAL | {"cifar10": dataclasses.replace(REAL["cifar10"], classes=10)}
-    )
     real518 = None
-    if units518:
-        ext518 = {name: units518["forward_s"] + units518["decode_s"][name] for name in results}
-        real518 = extrapolate(units518, ext518, REAL)
-    auroc_gap = max(
-        abs(a - b)
-        for r in results.values()
-        for a, b in zip(r["ours"]["auroc_last"], r["reference"]["auroc_last"], strict=True)
+    if run.units518:
+        ext518 = {name: run.units518["forward_s"] + run.units518["decode_s"][name] for name in results}
+        real518 = extrapolate(run.units518, ext518, REAL)
+    return Estimates(
+        ext=ext,
+        ext_executed={name: r["ours"]["extract_s_per_image"] for name, r in results.items()},
+        wall_a=sum(r["ours"]["wall_s"] for r in results.values()),
+        wall_b=sum(r["reference"]["wall_s"] for r in results.values()),
+        fwd_a=sum(r["ours"]["forwards"] for r in results.values()),
+        fwd_b=sum(r["reference"]["forwards"] for r in results.values()),
+        model=extrapolate(units, ext, executed),
+        real=extrapolate(units, ext, REAL),
+        all_classes=extrapolate(
+            units, ext, REAL | {"cifar10": dataclasses.replace(REAL["cifar10"], classes=10)}
+        ),
+        real518=real518,
+        auroc_gap=max(
+            abs(a - b)
+            for r in results.values()
+            for a, b in zip(r["ours"]["auroc_last"], r["reference"]["auroc_last"], strict=True)
+        ),
     )
 
+
+def print_executed(s: Settings, threads: int, run: Executed, est: Estimates, load_start) -> None:
     print(
-        f"\nsuite payoff, {MODEL} random init, {args.image_size} px, {args.threads} threads; load at start {load_start}"
-        f"\ndata: grid = {grid_source}, CIFAR-10 = {cifar_source}; executed: {epochs} epochs, "
-        f"grid {store_images['grid']} images, CIFAR-10 class(es) {', '.join(cifar_classes)} "
-        f"({cifar_train} train each, {cifar_test} test per class, store {store_images['cifar10']} images)"
+        f"\nsuite payoff, {MODEL} random init, {s.image_size} px, {threads} threads; load at start {load_start}"
+        f"\ndata: grid = {run.grid_source}, CIFAR-10 = {run.cifar_source}; executed: {s.epochs} epochs, "
+        f"grid {run.store_images['grid']} images, CIFAR-10 class(es) {', '.join(s.cifar_classes)} "
+        f"({s.cifar_train} train each, {s.cifar_test} test per class, store {run.store_images['cifar10']} images)"
     )
     rows = []
-    for name, r in results.items():
+    for name, r in run.results.items():
         for way in ("ours", "reference"):
             x = r[way]
-            rows.append(
-                [
-                    name,
-                    way,
-                    x["wall_s"],
-                    x["forwards"],
-                    x["steps"],
-                    x["scored_images"],
-                    " ".join(f"{v:.3f}" for v in x["auroc_last"]),
-                ]
-            )
+            auroc = " ".join(f"{v:.3f}" for v in x["auroc_last"])
+            rows.append([name, way, x["wall_s"], x["forwards"], x["steps"], x["scored_images"], auroc])
     print_table(
         ["dataset", "way", "wall s", "image-forwards", "train steps", "images scored", "AUROC (last)"],
         rows,
         title="\nexecuted run (measured)",
     )
     print(
-        f"executed: reference / ours wall = {wall_b / wall_a:.2f}x; forwards {fwd_b} vs {fwd_a} "
-        f"({fwd_b / fwd_a:.1f}x); largest AUROC difference between the ways {auroc_gap:.3f} (fp16 store vs fp32); "
-        f"the unit-cost formula predicts {model['ours_s']:.1f} s / {model['reference_s']:.1f} s "
-        f"(measured {wall_a:.1f} / {wall_b:.1f}: the rest is fixed costs)"
+        f"executed: reference / ours wall = {est.wall_b / est.wall_a:.2f}x; forwards {est.fwd_b} vs {est.fwd_a} "
+        f"({est.fwd_b / est.fwd_a:.1f}x); largest AUROC difference between the ways {est.auroc_gap:.3f} (fp16 "
+        f"store vs fp32); the unit-cost formula predicts {est.model['ours_s']:.1f} s / "
+        f"{est.model['reference_s']:.1f} s (measured {est.wall_a:.1f} / {est.wall_b:.1f}: the rest is fixed costs)"
     )
-    unit_rows = [
+
+
+def print_units(image_size: int, units: dict, units518: dict | None, ext_executed: dict[str, float]) -> None:
+    def at_518(fmt: str, key: str) -> str:
+        return fmt.format(units518[key]) if units518 else "—"
+
+    def per_dataset(u: dict) -> str:
+        return f"{u['decode_s']['grid']:.3f} / {u['decode_s']['cifar10']:.3f}"
+
+    rows = [
         [
             "executed run: extraction per image, steady (grid / CIFAR)",
             f"{ext_executed['grid']:.3f} / {ext_executed['cifar10']:.3f}",
             "—",
-        ]
+        ],
+        ["backbone forward per image", f"{units['forward_s']:.3f}", at_518("{:.3f}", "forward_s")],
+        ["decode per image (grid / CIFAR)", per_dataset(units), per_dataset(units518) if units518 else "—"],
     ]
-    unit_rows.append(
-        [
-            "backbone forward per image",
-            f"{units['forward_s']:.3f}",
-            f"{units518['forward_s']:.3f}" if units518 else "—",
-        ]
-    )
-    unit_rows.append(
-        [
-            "decode per image (grid / CIFAR)",
-            f"{units['decode_s']['grid']:.3f} / {units['decode_s']['cifar10']:.3f}",
-            f"{units518['decode_s']['grid']:.3f} / {units518['decode_s']['cifar10']:.3f}"
-            if units518
-            else "—",
-        ]
-    )
     for name, label in (("grid", "step, batch 16, 3 views"), ("cifar10", "step, batch 16, 2 views")):
-        unit_rows.append(
+        rows.append(
             [label, f"{units['step_s'][name]:.2f}", f"{units518['step_s'][name]:.2f}" if units518 else "—"]
         )
-    unit_rows.append(
-        [
-            "score per image (read + forward)",
-            f"{units['score_s']:.4f}",
-            f"{units518['score_s']:.4f}" if units518 else "—",
-        ]
-    )
-    print_table(
-        ["unit cost, seconds", f"{args.image_size} px", "518 px"], unit_rows, title="\nper-unit costs"
-    )
+    rows.append(["score per image (read + forward)", f"{units['score_s']:.4f}", at_518("{:.4f}", "score_s")])
+    print_table(["unit cost, seconds", f"{image_size} px", "518 px"], rows, title="\nper-unit costs")
 
-    def proportions() -> str:
-        return "; ".join(
-            f"{k}: {p.classes} class(es), {p.epochs} epochs x {p.steps_per_epoch} steps x {BATCH} images, "
-            f"{p.test_images} test images scored per epoch, store of {p.store_images}"
-            for k, p in REAL.items()
-        )
 
-    table = [["real proportions", f"{args.image_size} px, extrapolated", real]]
-    table.append(["  all 10 CIFAR classes", f"{args.image_size} px, extrapolated", all_classes])
-    if real518:
-        table.append(["real proportions", "518 px, estimated", real518])
+def print_suites(image_size: int, est: Estimates) -> None:
+    """Both ways at the published proportions, and the share of each part of each way's total."""
+    proportions = "; ".join(
+        f"{k}: {p.classes} class(es), {p.epochs} epochs x {p.steps_per_epoch} steps x {BATCH} images, "
+        f"{p.test_images} test images scored per epoch, store of {p.store_images}"
+        for k, p in REAL.items()
+    )
+    table = [["real proportions", f"{image_size} px, extrapolated", est.real]]
+    table.append(["  all 10 CIFAR classes", f"{image_size} px, extrapolated", est.all_classes])
+    if est.real518:
+        table.append(["real proportions", "518 px, estimated", est.real518])
     print_table(
         ["suite", "how", "ours h", "reference h", "ratio", "forwards ours", "forwards ref"],
         [
-            [
-                a,
-                b,
-                x["ours_s"] / 3600,
-                x["reference_s"] / 3600,
-                x["ratio"],
-                int(x["forwards_ours"]),
-                int(x["forwards_reference"]),
-            ]
+            [a, b, x["ours_s"] / 3600, x["reference_s"] / 3600, x["ratio"]]
+            + [int(x["forwards_ours"]), int(x["forwards_reference"])]
             for a, b, x in table
         ],
-        title=f"\nat the published proportions ({proportions()})",
+        title=f"\nat the published proportions ({proportions})",
     )
-
     print_table(
         [
             "suite",
@@ -494,8 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         title="\nwhere the time goes (share of each way's total)",
     )
-    headline = real518 or real
-    size = "518 px, estimated" if real518 else f"{args.image_size} px, extrapolated"
+
+
+def summary_rows(s: Settings, est: Estimates) -> list[dict]:
+    headline = est.real518 or est.real
+    size = "518 px, estimated" if est.real518 else f"{s.image_size} px, extrapolated"
     summary = [
         check(
             "3 cache payoff",
@@ -508,57 +321,68 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         check(
             "3 cache payoff",
-            f"  same at {args.image_size} px, all 10 CIFAR classes (info)",
-            all_classes["ratio"],
+            f"  same at {s.image_size} px, all 10 CIFAR classes (info)",
+            est.all_classes["ratio"],
             fmt="{:.2f}",
         ),
         check(
             "3 cache payoff",
-            f"  executed tiny run, {epochs} epochs (info)",
-            wall_b / wall_a,
+            f"  executed tiny run, {s.epochs} epochs (info)",
+            est.wall_b / est.wall_a,
             fmt="{:.2f}",
-            note=f"forwards {fwd_b} vs {fwd_a}",
+            note=f"forwards {est.fwd_b} vs {est.fwd_a}",
         ),
     ]
-    if real518:
-        summary.insert(
-            1,
-            check(
-                "3 cache payoff",
-                f"  same at {args.image_size} px, extrapolated (info)",
-                real["ratio"],
-                fmt="{:.2f}",
-            ),
-        )
-    payload = {
+    if est.real518:
+        info = f"  same at {s.image_size} px, extrapolated (info)"
+        summary.insert(1, check("3 cache payoff", info, est.real["ratio"], fmt="{:.2f}"))
+    return summary
+
+
+def payload_of(s: Settings, run: Executed, est: Estimates, load_start, summary: list[dict]) -> dict:
+    return {
         "config": {
             "model": MODEL,
-            "image_size": args.image_size,
-            "epochs": epochs,
-            "grid_data": grid_source,
-            "cifar_data": cifar_source,
-            "cifar_classes": list(cifar_classes),
-            "cifar_train": cifar_train,
-            "cifar_test_per_class": cifar_test,
-            "grid_images": store_images["grid"],
+            "image_size": s.image_size,
+            "epochs": s.epochs,
+            "grid_data": run.grid_source,
+            "cifar_data": run.cifar_source,
+            "cifar_classes": list(s.cifar_classes),
+            "cifar_train": s.cifar_train,
+            "cifar_test_per_class": s.cifar_test,
+            "grid_images": run.store_images["grid"],
         },
         "loadavg_start": load_start,
-        "executed": results,
-        "units": units,
-        "units_518": units518,
-        "ext_s_per_image": ext,
-        "ext_s_per_image_executed": ext_executed,
-        "model_of_executed": model,
-        "executed_ratio": wall_b / wall_a,
-        "executed_forwards": {"ours": fwd_a, "reference": fwd_b},
+        "executed": run.results,
+        "units": run.units,
+        "units_518": run.units518,
+        "ext_s_per_image": est.ext,
+        "ext_s_per_image_executed": est.ext_executed,
+        "model_of_executed": est.model,
+        "executed_ratio": est.wall_b / est.wall_a,
+        "executed_forwards": {"ours": est.fwd_a, "reference": est.fwd_b},
         "real_proportions": {k: v.__dict__ for k, v in REAL.items()},
-        "extrapolated": real,
-        "extrapolated_all_cifar_classes": all_classes,
-        "estimate_518": real518,
-        "auroc_gap": auroc_gap,
+        "extrapolated": est.real,
+        "extrapolated_all_cifar_classes": est.all_classes,
+        "estimate_518": est.real518,
+        "auroc_gap": est.auroc_gap,
         "summary": summary,
     }
-    return finish(NAME, args, payload, started)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    s = settings_of(args)
+    torch.set_num_threads(args.threads)
+    load_start = loadavg()
+    run = execute(s)
+    est = estimate(run, s.epochs)
+    print_executed(s, args.threads, run, est, load_start)
+    print_units(s.image_size, run.units, run.units518, est.ext_executed)
+    print_suites(s.image_size, est)
+    summary = summary_rows(s, est)
+    return finish(NAME, args, payload_of(s, run, est, load_start, summary), started)
 
 
 if __name__ == "__main__":

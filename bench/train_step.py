@@ -35,12 +35,9 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from common import (
@@ -55,40 +52,10 @@ from common import (
     print_table,
     reset_peak_rss,
 )
+from step_profile import profile_split
 
 NAME = "train_step"
 MATMUL = 2048
-
-# operator name fragments -> kind, first match wins (profile split)
-_KINDS = (
-    ("optimizer (AdamW)", ("adam", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt")),
-    ("matmul (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")),
-    ("fused attention kernel", ("scaled_dot_product", "flash_attention", "efficient_attention")),
-    ("softmax", ("softmax",)),
-    ("dropout", ("dropout", "bernoulli")),
-    ("layernorm", ("layer_norm",)),
-    ("gelu", ("gelu",)),
-    ("loss", ("binary_cross_entropy", "log_sigmoid", "sigmoid")),
-    (
-        "distortions (randn, sort, gather)",
-        ("randn", "normal", "sort", "topk", "gather", "scatter", "randint", "rand", "argsort"),
-    ),
-    ("copies, cat, fill, alloc", ("copy_", "aten::cat", "empty", "fill_", "zero_", "clone", "contiguous")),
-    (
-        "other elementwise",
-        (
-            "aten::add",
-            "aten::mul",
-            "aten::sub",
-            "aten::div",
-            "aten::sum",
-            "aten::mean",
-            "aten::where",
-            "aten::ne",
-            "aten::eq",
-        ),
-    ),
-)
 
 
 def step_flops(
@@ -104,38 +71,72 @@ def step_flops(
     return {"forward_linear": linear, "forward_attention": attention, "forward": forward, "step": 3 * forward}
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the block (C++ log lines), Python's sys.stderr included."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+@dataclass(frozen=True)
+class Config:
+    """The run's sizes and clock: the options, or the mode's defaults where they are unset."""
+
+    num_patches: int
+    warmup: int
+    profile_batch: int
+    clock_name: str  # "cpu": thread CPU time, 1 thread, best round; "wall": median of paired rounds
+    threads: int
+    rounds: int
 
 
-def profile_split(step, device: torch.device) -> dict[str, float]:
-    """Self time of one call of ``step`` by kind of operator (fractions of the total self time)."""
-    from torch.profiler import ProfilerActivity, profile
+@dataclass
+class Steps:
+    """Makes the timed training steps; all share the inputs, the preset and the device, and record their peaks."""
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with _quiet_stderr(), profile(activities=activities) as prof:  # kineto logs start/stop lines on fd 2
-        step()
-    totals: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        name = event.key.lower()
-        kind = next((k for k, frags in _KINDS if any(f.lower() in name for f in frags)), "other")
-        totals[kind] += event.self_cpu_time_total
-    whole = sum(totals.values()) or 1.0
-    return dict(sorted(((k, v / whole) for k, v in totals.items()), key=lambda kv: -kv[1]))
+    device: torch.device
+    preset: Any
+    num_patches: int
+    embed_dim: int
+    batch: int
+    tokens: torch.Tensor
+    attn: torch.Tensor
+    peaks: dict[str, list[float]] = field(default_factory=dict)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def make(
+        self,
+        batched: bool,
+        batch: int | None = None,
+        record: str = "",
+        reference: bool = False,
+        bf16: bool = False,
+    ):
+        """One step of a fresh discriminator (batched or one forward per view, CPU kernels or ``reference``,
+        fp32 or bf16 autocast); with ``record``, the growth of the peak RSS over each call's start is kept."""
+        from generalad.method.kernels import reference_kernels
+        from generalad.method.training import build_discriminator, make_optimizer, training_step
+
+        batch, device, preset = batch or self.batch, self.device, self.preset
+        torch.manual_seed(0)
+        model = build_discriminator(self.num_patches, self.embed_dim, preset).to(device).train()
+        optimizer, _ = make_optimizer(model, preset, epochs=1)
+        generator = torch.Generator(device=device).manual_seed(0)
+        feats, maps = self.tokens[:batch], self.attn[:batch]
+
+        def step() -> None:
+            base = peak_rss_mb() if record and reset_peak_rss() else None
+            with (
+                reference_kernels(reference),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            ):
+                training_step(
+                    model, optimizer, feats, maps, views=preset.views, generator=generator, batched=batched
+                )
+            self.sync()
+            if base is not None:  # growth of the peak over the RSS before the step
+                self.peaks.setdefault(record, []).append(peak_rss_mb() - base)
+
+        return step
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None):
     parser = base_parser(__doc__)
     parser.add_argument("--embed-dim", type=int, default=384)
     parser.add_argument("--num-patches", type=int, default=None, help="default 256 quick, 1369 full")
@@ -152,104 +153,85 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--clock", choices=("cpu", "wall"), default=None, help="cpu (1 thread; CPU default) or wall"
     )
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    num_patches = args.num_patches or (256 if args.quick else 1369)
-    warmup = args.warmup
-    profile_batch = args.profile_batch or (16 if args.quick else 4)
+    return parser.parse_args(argv)
+
+
+def config_of(args) -> Config:
     clock_name = args.clock or ("cpu" if args.device == "cpu" else "wall")
-    threads = 1 if clock_name == "cpu" else args.threads
-    rounds = args.rounds or (3 if args.quick else 2)
-    torch.set_num_threads(threads)
-    load_start = loadavg()
+    return Config(
+        num_patches=args.num_patches or (256 if args.quick else 1369),
+        warmup=args.warmup,
+        profile_batch=args.profile_batch or (16 if args.quick else 4),
+        clock_name=clock_name,
+        threads=1 if clock_name == "cpu" else args.threads,
+        rounds=args.rounds or (3 if args.quick else 2),
+    )
 
-    from generalad.method.kernels import reference_kernels
-    from generalad.method.presets import preset_for
-    from generalad.method.training import build_discriminator, make_optimizer, training_step
 
-    device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    preset = preset_for("mvtec_ad")  # clean + noise_all + noise_random
-    heads = 6
-    torch.manual_seed(0)
-    tokens = torch.randn(args.batch, num_patches, args.embed_dim, device=device)
-    attn = torch.rand(args.batch, heads, num_patches, device=device)
-
-    peaks: dict[str, list[float]] = {}
-
-    def make_step(
-        batched: bool, batch: int = args.batch, record: str = "", reference: bool = False, bf16: bool = False
-    ):
-        torch.manual_seed(0)
-        model = build_discriminator(num_patches, args.embed_dim, preset).to(device).train()
-        optimizer, _ = make_optimizer(model, preset, epochs=1)
-        generator = torch.Generator(device=device).manual_seed(0)
-        feats, maps = tokens[:batch], attn[:batch]
-
-        def step() -> None:
-            base = peak_rss_mb() if record and reset_peak_rss() else None
-            with (
-                reference_kernels(reference),
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-            ):
-                training_step(
-                    model, optimizer, feats, maps, views=preset.views, generator=generator, batched=batched
-                )
-            sync()
-            if base is not None:  # growth of the peak over the RSS before the step
-                peaks.setdefault(record, []).append(peak_rss_mb() - base)
-
-        return step
-
+def measure(args, cfg: Config, steps: Steps) -> dict:
+    """The two profiled steps (first: they warm up), then every variant and the matmul, interleaved."""
+    device = steps.device
     mat_a = torch.randn(MATMUL, MATMUL, device=device)
     mat_b = torch.randn(MATMUL, MATMUL, device=device)
 
     def matmul() -> None:
         torch.matmul(mat_a, mat_b)
-        sync()
+        steps.sync()
 
     # the profiled step comes first and doubles as a warm-up (first-call kernel selection, allocator)
-    split = profile_split(make_step(True, profile_batch), device)
-    reference_split = profile_split(make_step(True, profile_batch, reference=True), device)
+    split = profile_split(steps.make(True, cfg.profile_batch), device)
+    reference_split = profile_split(steps.make(True, cfg.profile_batch, reference=True), device)
     variants = {
-        "batched": make_step(True, record="batched"),
-        "per_view": make_step(False, record="per_view"),
-        "reference": make_step(True, record="reference", reference=True),
+        "batched": steps.make(True, record="batched"),
+        "per_view": steps.make(False, record="per_view"),
+        "reference": steps.make(True, record="reference", reference=True),
     }
     if args.bf16:
-        variants["batched_bf16"] = make_step(True, record="batched_bf16", bf16=True)
-        variants["reference_bf16"] = make_step(True, record="reference_bf16", reference=True, bf16=True)
+        variants["batched_bf16"] = steps.make(True, record="batched_bf16", bf16=True)
+        variants["reference_bf16"] = steps.make(True, record="reference_bf16", reference=True, bf16=True)
     times = interleaved(
         {**variants, "matmul": matmul},
-        rounds=rounds,
-        warmup=warmup,
-        clock=time.thread_time if clock_name == "cpu" else time.perf_counter,
+        rounds=cfg.rounds,
+        warmup=cfg.warmup,
+        clock=time.thread_time if cfg.clock_name == "cpu" else time.perf_counter,
     )
-    if clock_name == "cpu":  # interference only adds CPU time: keep the best round of each variant
+    if cfg.clock_name == "cpu":  # interference only adds CPU time: keep the best round of each variant
         times = {name: [min(values)] for name, values in times.items()}
+    return {"split": split, "reference_split": reference_split, "variants": list(variants), "times": times}
 
-    views = len(preset.views)
+
+def analyse(args, cfg: Config, preset, m: dict) -> dict:
+    """FLOPs per step, the matmul rate per round, each variant's fraction of the matmul bound, the speed-ups."""
+    times = m["times"]
     flops = step_flops(
         batch=args.batch,
-        views=views,
-        num_patches=num_patches,
+        views=len(preset.views),
+        num_patches=cfg.num_patches,
         embed_dim=args.embed_dim,
         mlp_dim=preset.mlp_dim,
         blocks=preset.num_blocks,
     )
     matmul_rates = [2 * MATMUL**3 / t for t in times["matmul"]]
     fraction = {
-        name: median([flops["step"] / t / m for t, m in zip(times[name], matmul_rates, strict=True)])
-        for name in variants
+        name: median([flops["step"] / t / rate for t, rate in zip(times[name], matmul_rates, strict=True)])
+        for name in m["variants"]
     }
-    speedup = median(paired_ratios(times, "per_view", "batched"))
-    kernel_speedup = median(paired_ratios(times, "reference", "batched"))
-    bf16_speedup = median(paired_ratios(times, "reference", "batched_bf16")) if args.bf16 else None
+    return {
+        "flops": flops,
+        "matmul_rates": matmul_rates,
+        "fraction": fraction,
+        "speedup": median(paired_ratios(times, "per_view", "batched")),
+        "kernel_speedup": median(paired_ratios(times, "reference", "batched")),
+        "bf16_speedup": median(paired_ratios(times, "reference", "batched_bf16")) if args.bf16 else None,
+    }
 
+
+def print_report(args, cfg: Config, views: int, device, m: dict, a: dict, peaks, load_start) -> None:
+    times, flops, matmul_rates = m["times"], a["flops"], a["matmul_rates"]
     print(
-        f"\ntrain step, E={args.embed_dim} N={num_patches} batch={args.batch} x {views} views, "
-        f"{threads} thread(s), {device}, {clock_name} clock ({'best' if clock_name == 'cpu' else 'median'} of "
-        f"{rounds} rounds); load at start {load_start}"
+        f"\ntrain step, E={args.embed_dim} N={cfg.num_patches} batch={args.batch} x {views} views, "
+        f"{cfg.threads} thread(s), {device}, {cfg.clock_name} clock "
+        f"({'best' if cfg.clock_name == 'cpu' else 'median'} of {cfg.rounds} rounds); load at start {load_start}"
     )
     print(
         f"FLOPs/step (analytic): {flops['step'] / 1e12:.3f} T (forward linear {flops['forward_linear'] / 1e9:.1f} G, "
@@ -259,52 +241,51 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(
         ["variant", "s/step", "rounds (s)", "FLOP bound s", "fraction of matmul"],
         [
-            [
-                name,
-                median(times[name]),
-                " ".join(f"{t:.2f}" for t in times[name]),
-                flops["step"] / median(matmul_rates),
-                f"{fraction[name]:.1%}",
-            ]
-            for name in variants
+            [name, median(times[name]), " ".join(f"{t:.2f}" for t in times[name])]
+            + [flops["step"] / median(matmul_rates), f"{a['fraction'][name]:.1%}"]
+            for name in m["variants"]
         ],
     )
-    print(f"one batched forward vs one forward per view: {speedup:.3f}x (> 1: batching is faster)")
-    print(f"CPU kernels vs torch's attention and dropout (reference / batched): {kernel_speedup:.3f}x")
-    if bf16_speedup is not None:
-        print(f"bf16 autocast with the kernels vs fp32 reference: {bf16_speedup:.3f}x")
+    print(f"one batched forward vs one forward per view: {a['speedup']:.3f}x (> 1: batching is faster)")
+    print(f"CPU kernels vs torch's attention and dropout (reference / batched): {a['kernel_speedup']:.3f}x")
+    if a["bf16_speedup"] is not None:
+        print(f"bf16 autocast with the kernels vs fp32 reference: {a['bf16_speedup']:.3f}x")
     if peaks and device.type == "cpu":
         print(
             "peak memory of a step above the RSS before it (VmHWM, max of rounds): "
             + ", ".join(f"{name} {max(values):,.0f} MB" for name, values in peaks.items())
         )
+    split, reference_split = m["split"], m["reference_split"]
     kinds = list(dict.fromkeys([*split, *reference_split]))
     print_table(
         ["operator kind", "share of self time", "reference kernels"],
         [[k, f"{split.get(k, 0.0):.1%}", f"{reference_split.get(k, 0.0):.1%}"] for k in kinds],
-        title=f"\nprofile of one batched step (batch {profile_batch})",
+        title=f"\nprofile of one batched step (batch {cfg.profile_batch})",
     )
 
+
+def summary_rows(cfg: Config, device, m: dict, a: dict, peaks) -> list[dict]:
+    times, fraction, n = m["times"], a["fraction"], cfg.num_patches
     summary = [
         check(
             "4 train step",
-            f"step FLOP bound / step time (batched, N={num_patches})",
+            f"step FLOP bound / step time (batched, N={n})",
             fraction["batched"],
             0.50,
             ">=",
             source="bench",
-            note=f"{median(times['batched']):.2f} s/step; top: {next(iter(split))}",
+            note=f"{median(times['batched']):.2f} s/step; top: {next(iter(m['split']))}",
         ),
         check(
             "4 train step",
-            f"  same, with torch's attention and dropout (reference, N={num_patches}) (info)",
+            f"  same, with torch's attention and dropout (reference, N={n}) (info)",
             fraction["reference"],
             note=f"{median(times['reference']):.2f} s/step",
         ),
         check(
             "4 train step",
             "reference step time / step time (CPU kernels' speed-up)",
-            kernel_speedup,
+            a["kernel_speedup"],
             1.0,
             ">=",
             source="bench",
@@ -313,63 +294,91 @@ def main(argv: list[str] | None = None) -> dict:
         check(
             "4 train step",
             "per-view time / batched time",
-            speedup,
+            a["speedup"],
             1.0,
             ">=",
             source="bench",
             note="> 1 means one batched forward pays",
         ),
     ]
-    if bf16_speedup is not None:
+    if a["bf16_speedup"] is not None:
         summary.append(
             check(
                 "4 train step",
                 "  fp32 reference time / bf16 autocast time (info)",
-                bf16_speedup,
+                a["bf16_speedup"],
                 fmt="{:.2f}",
                 note=f"fraction of the fp32 bound {fraction['batched_bf16']:.1%}",
             )
         )
     if peaks.get("batched") and peaks.get("per_view") and device.type == "cpu":
+        batched, per_view = max(peaks["batched"]), max(peaks["per_view"])
         summary.append(
             check(
                 "4 train step",
                 "  step peak memory, batched / per view (info)",
-                max(peaks["batched"]) / max(peaks["per_view"]),
+                batched / per_view,
                 fmt="{:.2f}",
-                note=f"{max(peaks['batched']):,.0f} vs {max(peaks['per_view']):,.0f} MB above the step's start",
+                note=f"{batched:,.0f} vs {per_view:,.0f} MB above the step's start",
             )
         )
-    payload = {
+    return summary
+
+
+def payload_of(args, cfg: Config, preset, device, m: dict, a: dict, peaks, load_start, summary) -> dict:
+    return {
         "config": {
             "embed_dim": args.embed_dim,
-            "num_patches": num_patches,
+            "num_patches": cfg.num_patches,
             "batch": args.batch,
             "views": list(preset.views),
             "mlp_dim": preset.mlp_dim,
             "disc_heads": preset.num_heads,
-            "rounds": rounds,
-            "clock": clock_name,
-            "threads": threads,
-            "warmup": warmup,
+            "rounds": cfg.rounds,
+            "clock": cfg.clock_name,
+            "threads": cfg.threads,
+            "warmup": cfg.warmup,
             "device": str(device),
             "bf16": args.bf16,
             "matmul": MATMUL,
         },
         "loadavg_start": load_start,
-        "flops": flops,
-        "times_s": times,
-        "matmul_flops_per_s_rounds": matmul_rates,
-        "fraction_of_matmul": fraction,
-        "batched_speedup": speedup,
-        "kernel_speedup": kernel_speedup,
-        "bf16_speedup": bf16_speedup,
-        "profile_split": split,
-        "profile_split_reference": reference_split,
+        "flops": a["flops"],
+        "times_s": m["times"],
+        "matmul_flops_per_s_rounds": a["matmul_rates"],
+        "fraction_of_matmul": a["fraction"],
+        "batched_speedup": a["speedup"],
+        "kernel_speedup": a["kernel_speedup"],
+        "bf16_speedup": a["bf16_speedup"],
+        "profile_split": m["split"],
+        "profile_split_reference": m["reference_split"],
         "step_peak_mb": {k: max(v) if v else None for k, v in peaks.items()},
-        "profile_batch": profile_batch,
+        "profile_batch": cfg.profile_batch,
         "summary": summary,
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    cfg = config_of(args)
+    torch.set_num_threads(cfg.threads)
+    load_start = loadavg()
+
+    from generalad.method.presets import preset_for
+
+    device = torch.device(args.device)
+    preset = preset_for("mvtec_ad")  # clean + noise_all + noise_random
+    heads = 6
+    torch.manual_seed(0)
+    tokens = torch.randn(args.batch, cfg.num_patches, args.embed_dim, device=device)
+    attn = torch.rand(args.batch, heads, cfg.num_patches, device=device)
+    steps = Steps(device, preset, cfg.num_patches, args.embed_dim, args.batch, tokens, attn)
+    m = measure(args, cfg, steps)
+    a = analyse(args, cfg, preset, m)
+    print_report(args, cfg, len(preset.views), device, m, a, steps.peaks, load_start)
+    summary = summary_rows(cfg, device, m, a, steps.peaks)
+    payload = payload_of(args, cfg, preset, device, m, a, steps.peaks, load_start, summary)
     return finish(NAME, args, payload, started)
 
 

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from generalad.backbone import BackboneSpec, load_backbone
-from generalad.data.base import DatasetAdapter, Record
+from generalad.data.base import DatasetAdapter, Record, manifest_record
 from generalad.data.images import load_mask
 from generalad.data.preprocess import preprocess_image, preprocess_mask
 from generalad.devices import DEFAULT_PRECISION, autocast, check_precision, pin_if_cuda, resolve_device
@@ -37,7 +37,15 @@ from storage.prefetch import prefetched
 from storage.store_layout import COMPLETE_FILE, DEFAULT_SHARD_SIZE, StoreLayout, is_complete
 from storage.timing import PhaseTimer
 
-__all__ = ["ExtractionResult", "extract_features", "plan_store", "FEATURE_DTYPES", "EXTRACTION_PHASES"]
+__all__ = [
+    "ExtractionResult",
+    "extract_features",
+    "plan_store",
+    "decode_record",
+    "default_decode_workers",
+    "FEATURE_DTYPES",
+    "EXTRACTION_PHASES",
+]
 
 FEATURE_DTYPES = ("float16", "float32")
 # what `extract_features(timings=...)` reports; "decode + resize" (file decode, resize, normalise, mask) runs in a
@@ -123,7 +131,8 @@ def _complete(url: str, fingerprint: StoreFingerprint) -> bool:
     return True
 
 
-def _decode(adapter: DatasetAdapter, record: Record, image_size: int, with_mask: bool):
+def decode_record(adapter: DatasetAdapter, record: Record, image_size: int, with_mask: bool):
+    """One image as the backbone gets it (pixels at `image_size`) and, `with_mask`, its mask (zeros if none)."""
     image = adapter.load_image(record)
     pixels = preprocess_image(image, image_size)
     if not with_mask:
@@ -185,9 +194,9 @@ def extract_features(
             disable=not progress,
             file=sys.stderr,
         )
-        records = [_record(row) for row in manifest.itertuples(index=False)]
+        records = [manifest_record(row) for row in manifest.itertuples(index=False)]
         with ThreadPoolExecutor(
-            decode_workers or _default_decode_workers(), thread_name_prefix="decode"
+            decode_workers or default_decode_workers(), thread_name_prefix="decode"
         ) as pool:
             batches = _decoded_batches(
                 adapter, records, todo, layout, batch_size, spec, torch_device, pool, timer
@@ -248,7 +257,7 @@ def _decoded_batches(adapter, records, todo, layout, batch_size, spec, torch_dev
 
     def decode(i: int):
         with timer("decode + resize"):
-            return _decode(adapter, records[i], spec.image_size, adapter.has_masks)
+            return decode_record(adapter, records[i], spec.image_size, adapter.has_masks)
 
     def batch(shard: int, last: bool, lo: int, hi: int):
         decoded = list(pool.map(decode, range(lo, hi)))
@@ -287,18 +296,7 @@ def _write_shards(writer, backbone, batches, torch_device, precision, has_masks,
                 tokens_acc, attn_acc, masks_acc = [], [], []
 
 
-def _default_decode_workers() -> int:
+def default_decode_workers() -> int:
+    """Decode threads of an extraction when the caller names none: one per core this process may use."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores)  # extraction runs alone (training waits for it): every core may decode
-
-
-def _record(row) -> Record:
-    return Record(
-        image_id=row.image_id,
-        rel_path=row.rel_path,
-        split=row.split,
-        class_name=row.class_name,
-        label=int(row.label),
-        defect_type=row.defect_type,
-        mask_paths=tuple(row.mask_paths),
-    )

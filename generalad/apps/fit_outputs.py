@@ -32,7 +32,7 @@ from generalad.apps.model_io import write_run_outputs
 from generalad.apps.staging import staged_dir
 from generalad.apps.thresholds import THRESHOLD_FILE, write_threshold
 from generalad.apps.visualize import map_range, sample_grid
-from generalad.data.base import Record
+from generalad.data.base import manifest_record
 from generalad.data.folder import NORMAL_CLASS, FolderDataset
 from generalad.errors import ConfigError
 from generalad.method.experiment import RunResult
@@ -87,19 +87,6 @@ def grid_rows(manifest: pd.DataFrame, scores: pd.DataFrame, max_samples: int = 1
     return [int(r) for r in normal[:n_normal]] + chosen_anomalous
 
 
-def _record(manifest: pd.DataFrame, row: int) -> Record:
-    item = manifest.iloc[row]
-    return Record(
-        image_id=item["image_id"],
-        rel_path=item["rel_path"],
-        split=item["split"],
-        class_name=item["class_name"],
-        label=int(item["label"]),
-        defect_type=item["defect_type"],
-        mask_paths=tuple(item["mask_paths"]),
-    )
-
-
 def render_grid(
     dataset: FolderDataset,
     manifest: pd.DataFrame,
@@ -119,7 +106,7 @@ def render_grid(
     """
     images, masks, captions = [], [], []
     for row in rows:
-        record = _record(manifest, int(row))
+        record = manifest_record(manifest.iloc[int(row)])
         image = dataset.load_image(record)
         images.append(image)
         if dataset.has_masks:

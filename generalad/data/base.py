@@ -24,6 +24,7 @@ __all__ = [
     "DatasetKind",
     "OneClassSplit",
     "manifest_frame",
+    "manifest_record",
     "MANIFEST_COLUMNS",
     "LABEL_BY_PROTOCOL",
 ]
@@ -57,6 +58,19 @@ class Record:
 
 
 MANIFEST_COLUMNS = ["image_id", "rel_path", "split", "class_name", "label", "defect_type", "mask_paths"]
+
+
+def manifest_record(row) -> Record:
+    """The `Record` of one manifest row (``manifest.itertuples(index=False)`` or ``manifest.iloc[i]``)."""
+    return Record(
+        image_id=row.image_id,
+        rel_path=row.rel_path,
+        split=row.split,
+        class_name=row.class_name,
+        label=int(row.label),
+        defect_type=row.defect_type,
+        mask_paths=tuple(row.mask_paths),
+    )
 
 
 def manifest_frame(records: list[Record]) -> pd.DataFrame:

@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from generalad.backbone import load_backbone
 from generalad.cli import main
 from generalad.data import get_dataset
+from generalad.data.base import manifest_record
 from generalad.errors import DatasetError, GeneralADError, ImageError, StoreError
 from storage import urls
-from storage.extraction import _record
 from storage.feature_store import FeatureStore
 from tests.fixtures.datasets import BUILDERS
 from tests.reliability.conftest import extract, published
@@ -67,7 +67,7 @@ CORRUPTIONS += [("mvtec_ad", kind) for kind in KINDS if ("mvtec_ad", kind) not i
 def test_a_broken_file_is_named_and_nothing_is_published(tmp_path, name: str, kind: str) -> None:
     fx, adapter = _build(name, tmp_path)
     path = adapter.image_path(
-        _record(adapter.manifest().iloc[-1])
+        manifest_record(adapter.manifest().iloc[-1])
     )  # the last row: earlier shards get written
     _break(path, kind)
     with pytest.raises(DatasetError, match=path.name):  # ImageError for image files, DatasetError for batches

@@ -35,9 +35,9 @@ def _direct(adapter, spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _records(adapter):
-    from storage.extraction import _record
+    from generalad.data.base import manifest_record
 
-    return [_record(row) for row in adapter.manifest().itertuples(index=False)]
+    return [manifest_record(row) for row in adapter.manifest().itertuples(index=False)]
 
 
 def _files(root: str) -> dict[str, float]:
