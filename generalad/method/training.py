@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from generalad.allocator import tune_for_training
 from generalad.devices import DEFAULT_PRECISION, autocast, grad_scaler, make_generator, resolve_device
 from generalad.errors import ConfigError, TrainingError
 from generalad.method.discriminator import Discriminator
@@ -305,6 +306,8 @@ def train_discriminator(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     device = resolve_device(device)
+    if device.type == "cpu":
+        tune_for_training()  # activations reuse freed heap memory instead of fresh page-faulted mmaps
     scaler = grad_scaler(device, precision)
     rows = _check_rows(source, train_rows)
     batch_size = effective_batch_size(len(rows), preset.batch_size)
