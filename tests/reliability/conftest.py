@@ -19,7 +19,7 @@ from generalad.data import get_dataset
 from generalad.data.base import DatasetAdapter
 from storage.extraction import extract_features
 from storage.feature_store import COMPLETE_FILE, SHARDS_DIR, FeatureStore
-from tests.fixtures.datasets import make_mvtec
+from tests.fixtures.industrial_datasets import make_mvtec
 
 SPEC = BackboneSpec(weights="random", image_size=28)
 FLOW_TESTS_ENV = "GENERALAD_FLOW_TESTS"

@@ -23,7 +23,8 @@ from storage.feature_store import FeatureStore
 from storage.fingerprint import fingerprint_for
 from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
-from tests.fixtures.datasets import make_aircraft, make_cars, make_mvtec
+from tests.fixtures.industrial_datasets import make_mvtec
+from tests.fixtures.semantic_datasets import make_aircraft, make_cars
 from tests.reliability.conftest import SPEC, extract, published
 
 
@@ -104,12 +105,12 @@ def test_an_aircraft_listing_cannot_point_outside_the_root(tmp_path) -> None:
 
 
 def test_a_cars_annotation_cannot_point_outside_the_root(tmp_path) -> None:
-    from tests.fixtures.datasets import _annotations_struct
+    from tests.fixtures.semantic_datasets import annotations_struct
 
     fx = make_cars(tmp_path / "root" / "cars")
     (tmp_path / "root" / "outside.jpg").write_bytes((fx.root / "cars_train" / "00001.jpg").read_bytes())
     annos = fx.root / "devkit" / "cars_train_annos.mat"
-    scipy.io.savemat(annos, {"annotations": _annotations_struct([("../../outside.jpg", 1)], 16)})
+    scipy.io.savemat(annos, {"annotations": annotations_struct([("../../outside.jpg", 1)], 16)})
     with pytest.raises(DatasetError, match="outside.jpg.*outside the dataset root"):
         get_dataset("cars", fx.root).manifest()
 

@@ -13,7 +13,7 @@ from generalad.data import get_dataset
 from storage.extraction import plan_store
 from storage.feature_store import FeatureStore
 from storage.fingerprint import protocol_label
-from tests.fixtures.datasets import make_visa
+from tests.fixtures.industrial_datasets import make_visa
 from tests.fixtures.tiny_vits import register_tiny_vits
 
 register_tiny_vits()
