@@ -10,8 +10,9 @@ from pathlib import Path
 from storage.extraction import _writer_lock, plan_store
 from storage.report_schema import MetricRow, scores_from_arrays
 from storage.reports import ReportStore
+from tests.fixtures.processes import fork_context
 from tests.fixtures.rows import row_config
-from tests.reliability.conftest import SPEC, extract, fork_context, published, store_values, write_json
+from tests.fixtures.stores import TINY_SPEC, extract, published, store_values
 
 TIMEOUT_S = 120
 
@@ -20,7 +21,7 @@ def _extract_child(adapter, root: str, out: str, barrier=None) -> None:
     if barrier is not None:
         barrier.wait(timeout=TIMEOUT_S)
     result = extract(adapter, root)
-    write_json(out, {"url": result.url, "images_extracted": result.images_extracted})
+    Path(out).write_text(json.dumps({"url": result.url, "images_extracted": result.images_extracted}))
 
 
 def _run(procs) -> None:
@@ -31,13 +32,13 @@ def _run(procs) -> None:
         assert proc.exitcode == 0
 
 
-def test_two_processes_extracting_one_store_build_it_once(adapter, tmp_path) -> None:
-    reference = store_values(extract(adapter, tmp_path / "reference").url)
+def test_two_processes_extracting_one_store_build_it_once(tiny_adapter, tmp_path) -> None:
+    reference = store_values(extract(tiny_adapter, tmp_path / "reference").url)
     root = str(tmp_path / "stores")
     ctx = fork_context()
     barrier = ctx.Barrier(2)
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
-    _run([ctx.Process(target=_extract_child, args=(adapter, root, str(o), barrier)) for o in outs])
+    _run([ctx.Process(target=_extract_child, args=(tiny_adapter, root, str(o), barrier)) for o in outs])
     results = [json.loads(o.read_text()) for o in outs]
     assert results[0]["url"] == results[1]["url"]
     assert sorted(r["images_extracted"] for r in results) == [0, 8]  # one did the work, the other reused it
@@ -47,11 +48,11 @@ def test_two_processes_extracting_one_store_build_it_once(adapter, tmp_path) -> 
         assert (got[name] == expected).all(), name
 
 
-def test_a_second_writer_waits_for_the_lock(adapter, tmp_path) -> None:
+def test_a_second_writer_waits_for_the_lock(tiny_adapter, tmp_path) -> None:
     root = str(tmp_path / "stores")
-    url, _ = plan_store(adapter, SPEC, root)
+    url, _ = plan_store(tiny_adapter, TINY_SPEC, root)
     out = tmp_path / "out.json"
-    child = fork_context().Process(target=_extract_child, args=(adapter, root, str(out)))
+    child = fork_context().Process(target=_extract_child, args=(tiny_adapter, root, str(out)))
     with _writer_lock(url):
         child.start()
         time.sleep(1.5)

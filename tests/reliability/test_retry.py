@@ -23,6 +23,7 @@ from generalad.method.feature_source import InMemoryFeatures
 from generalad.method.presets import preset_for
 from generalad.method.training import train_discriminator
 from storage.feature_store import FeatureStore
+from tests.fixtures.stores import TINY_SPEC
 
 
 def _raised(action: Callable[[], object]) -> BaseException:
@@ -48,8 +49,9 @@ def _nan_loss() -> None:
 
 
 def _shape_error() -> None:
-    backbone = load_backbone(BackboneSpec(weights="random", image_size=28))
-    backbone(torch.zeros(1, 3, 42, 42))  # images of another size than the model's
+    backbone = load_backbone(TINY_SPEC)
+    side = TINY_SPEC.image_size + TINY_SPEC.patch_size
+    backbone(torch.zeros(1, 3, side, side))  # images of another size than the model's
 
 
 def _peer(reset: bool) -> None:

@@ -4,6 +4,7 @@ on their real sockets in tests/flows/test_runtime.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from generalad.apps.model_io import MODEL_WEIGHTS, ModelFileError, load_model, save_model
 from generalad.apps.train_job import resolve_preset
-from generalad.backbone import BackboneSpec, load_backbone, weights_identity
+from generalad.backbone import load_backbone, weights_identity
 from generalad.data import get_dataset
 from generalad.data.mvtec import MVTecADDataset
 from generalad.errors import DatasetError, WeightsError
@@ -25,7 +26,7 @@ from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
 from tests.fixtures.industrial_datasets import make_mvtec
 from tests.fixtures.semantic_datasets import make_aircraft, make_cars
-from tests.reliability.conftest import SPEC, extract, published
+from tests.fixtures.stores import TINY_SPEC, extract, published
 
 
 class _OpensAFile:
@@ -38,16 +39,16 @@ class _OpensAFile:
         return (open, (self.path, "w"))
 
 
-def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(adapter, tmp_path) -> None:
+def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(tiny_adapter, tmp_path) -> None:
     sentinel = tmp_path / "pwned"
     weights = tmp_path / "evil.pth"
     torch.save({"pos_embed": _OpensAFile(sentinel)}, weights)
-    spec = BackboneSpec(weights=str(weights), image_size=28)
+    spec = dataclasses.replace(TINY_SPEC, weights=str(weights))
     assert weights_identity(spec).startswith("file:sha256:")  # identity hashes bytes, never loads them
     with pytest.raises(WeightsError, match="evil.pth"):
         load_backbone(spec)
     with pytest.raises(WeightsError, match="evil.pth"):
-        extract(adapter, tmp_path / "stores", spec=spec)
+        extract(tiny_adapter, tmp_path / "stores", spec=spec)
     assert not sentinel.exists() and not published(tmp_path / "stores")
 
 
@@ -88,7 +89,9 @@ def test_a_category_cannot_escape_the_root_even_without_get_dataset(tmp_path, ca
         MVTecADDataset(tmp_path / "mvtec", category)
     manifest = get_dataset("mvtec_ad", tmp_path / "mvtec", "bottle").manifest()
     with pytest.raises(DatasetError, match="category"):  # nor can it name a folder outside the store root
-        fingerprint_for(dataset="mvtec_ad", category=category, spec=SPEC, dtype="float16", manifest=manifest)
+        fingerprint_for(
+            dataset="mvtec_ad", category=category, spec=TINY_SPEC, dtype="float16", manifest=manifest
+        )
 
 
 def test_an_aircraft_listing_cannot_point_outside_the_root(tmp_path) -> None:
@@ -123,10 +126,10 @@ SECRETS = {
 }
 
 
-def test_a_failed_task_row_carries_no_secret(adapter, tmp_path, monkeypatch) -> None:
+def test_a_failed_task_row_carries_no_secret(tiny_adapter, tmp_path, monkeypatch) -> None:
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    opened = FeatureStore(extract(adapter, tmp_path / "stores").url)
+    opened = FeatureStore(extract(tiny_adapter, tmp_path / "stores").url)
     error = (
         "OSError: cannot reach s3://AKIAFAKEUSER:signedpart@bucket/x and "
         "https://h.example/obj?X-Amz-Credential=AKIAFAKE2&X-Amz-Signature=deadbeefcafe with "

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from generalad.apps.predict import load_predictor, score_images
-from tests.generalad.apps.conftest import run_cli
+from tests.fixtures.cli import run_cli
 
 EPOCHS = 10
 

@@ -14,7 +14,7 @@ from generalad import GeneralAD
 from generalad.apps.predict import collect_images, load_predictor
 from generalad.data.images import open_image
 from generalad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
-from tests.generalad.apps.conftest import run_cli
+from tests.fixtures.cli import run_cli
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
