@@ -42,8 +42,13 @@ def test_one_experiment_gives_identical_results_for_a_seed(tiny_adapter, tmp_pat
     pd.testing.assert_frame_equal(first.scores, second.scores, check_exact=True)
     for name, value in first.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name]), name
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
     assert {m["metric"] for m in first.metrics} >= {"image_auroc", "pixel_auroc", "aupro"}
     assert not np.array_equal(first.scores["score"], other.scores["score"])  # the seed does matter
+    assert not all(
+        torch.equal(value, other.model.state_dict()[name]) for name, value in first.model.state_dict().items()
+    )
+    assert not first.model.training  # handed back ready to score
 
 
 # ------------------------------------------------------------------------------------------------- the flow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
 from tests.fixtures.industrial_datasets import make_mvtec
 from tests.fixtures.semantic_datasets import make_aircraft, make_cars
-from tests.fixtures.stores import TINY_SPEC, extract, published
+from tests.fixtures.stores import TINY_CLASS, TINY_SPEC, extract, published
 
 
 class _OpensAFile:
@@ -37,6 +38,17 @@ class _OpensAFile:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def _payload_ran_under_plain_torch_load(path: Path, sentinel: Path) -> bool:
+    """The control: an unrestricted `torch.load` of `path` does run the payload, so a missing sentinel before
+    it proves that nothing was unpickled (not that the payload was inert). Loaded from a `.pth` copy: torch
+    hands a `.safetensors` name to the safetensors reader."""
+    control = sentinel.with_name("control.pth")
+    shutil.copyfile(path, control)
+    for opened in torch.load(control, weights_only=False).values():
+        opened.close()
+    return sentinel.exists()
 
 
 def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(tiny_adapter, tmp_path) -> None:
@@ -50,6 +62,7 @@ def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(tiny_a
     with pytest.raises(WeightsError, match="evil.pth"):
         extract(tiny_adapter, tmp_path / "stores", spec=spec)
     assert not sentinel.exists() and not published(tmp_path / "stores")
+    assert _payload_ran_under_plain_torch_load(weights, sentinel)
 
 
 def test_load_model_never_unpickles(tmp_path, monkeypatch) -> None:
@@ -80,6 +93,8 @@ def test_model_weights_that_are_not_safetensors_run_no_code_and_name_the_file(tm
     with pytest.raises(ModelFileError, match=MODEL_WEIGHTS):
         load_model(folder)
     assert not sentinel.exists()
+    if content == "pickle":
+        assert _payload_ran_under_plain_torch_load(folder / MODEL_WEIGHTS, sentinel)
 
 
 @pytest.mark.parametrize("category", ["..", "../bottle", "/etc", "a/b"])
@@ -129,6 +144,9 @@ SECRETS = {
 def test_a_failed_task_row_carries_no_secret(tiny_adapter, tmp_path, monkeypatch) -> None:
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv(
+        "GENERALAD_HOME_MARKER", "marker-value-abc"
+    )  # in no error: the environment is not copied
     opened = FeatureStore(extract(tiny_adapter, tmp_path / "stores").url)
     error = (
         "OSError: cannot reach s3://AKIAFAKEUSER:signedpart@bucket/x and "
@@ -138,7 +156,7 @@ def test_a_failed_task_row_carries_no_secret(tiny_adapter, tmp_path, monkeypatch
     rows = failed_rows(
         RunContext.of_store(opened, run_id="r-secret"),
         resolve_preset(opened, None, {"epochs": 1}),
-        class_name="bottle",
+        class_name=TINY_CLASS,
         seed=0,
         shots=None,
         error=error,
@@ -149,8 +167,16 @@ def test_a_failed_task_row_carries_no_secret(tiny_adapter, tmp_path, monkeypatch
     files = [p for p in (tmp_path / "reports").rglob("*") if p.is_file()]
     assert files
     blob = b"".join(p.read_bytes() for p in files) + "".join(str(p) for p in files).encode()
-    for secret in [*SECRETS.values(), "AKIAFAKEUSER", "signedpart", "AKIAFAKE2", "deadbeefcafe"]:
+    for secret in [
+        *SECRETS.values(),
+        "AKIAFAKEUSER",
+        "signedpart",
+        "AKIAFAKE2",
+        "deadbeefcafe",
+        "marker-value-abc",
+    ]:
         assert secret.encode() not in blob, secret
     frame = reports.read_metrics(run_id="r-secret")
     assert (frame["status"] == "failed").all() and frame["error"].str.contains("cannot reach").all()
+    assert frame["error"].str.contains(r"\*\*\*").all()  # the secrets were masked, not the message dropped
     assert not np.isfinite(frame["value"].astype(float)).any()

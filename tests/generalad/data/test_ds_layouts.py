@@ -96,6 +96,8 @@ def test_restricted_unpickler_refuses_arbitrary_globals(tmp_path: Path) -> None:
     ):
         load_restricted_pickle(path)
     assert not (tmp_path / "pwned").exists()
+    pickle.loads(path.read_bytes())  # the control: a plain unpickling does run the payload
+    assert (tmp_path / "pwned").exists()
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(DatasetError, match="data_batch_1"):
         load_restricted_pickle(path)
