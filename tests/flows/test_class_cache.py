@@ -158,7 +158,7 @@ def test_a_reused_result_takes_this_runs_ids_and_labels():
 
     from flows.train import ClassResult, as_reused
     from storage.report_schema import scores_from_arrays
-    from tests.storage.test_reports import make_rows
+    from tests.fixtures.rows import make_rows
 
     rows = make_rows("first-run", n=1, suite="table1", variant="")
     scores = scores_from_arrays(
