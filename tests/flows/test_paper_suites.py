@@ -27,6 +27,7 @@ from flows.suites import FIG4_BACKBONE_NOTE, Suite, SuiteEntry, get_suite
 from generalad.apps import paper
 from storage.reports import ReportStore
 from tests.fixtures import industrial_datasets, semantic_datasets
+from tests.fixtures.services import thread_cluster
 from tests.fixtures.tiny_vits import TINY_FOR_PAPER, TINY_IMAGE_SIZE, register_tiny_vits
 
 pytestmark = pytest.mark.slow
@@ -90,18 +91,9 @@ def _tiny_suite(name: str, data: dict) -> Suite:
 @pytest.fixture(scope="module")
 def suite_env(prefect_api, data_home, tmp_path_factory):
     """Dataset roots in the environment, the tiny ViTs registered, one Dask worker thread for every run."""
-    from distributed import LocalCluster
-
     register_tiny_vits()
     data = _make_data(tmp_path_factory.mktemp("paper-data"))
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,  # no worker process to start and import torch into, per suite
-        protocol="tcp",
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
+    cluster = thread_cluster()  # no worker process to start and import torch into, per suite
     try:
         with pytest.MonkeyPatch.context() as patch:
             for name, (root, _) in data.items():

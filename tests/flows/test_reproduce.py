@@ -20,6 +20,7 @@ import pytest
 
 from flows.suites import HOW_TO_GET, Suite, SuiteEntry, get_suite
 from storage.reports import ReportStore
+from tests.fixtures.services import thread_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -278,18 +279,9 @@ def test_missing_dataset_is_named_with_how_to_get_it(failing_run):
 
 def test_existing_cluster_from_environment(prefect_api, data_home, store_root, tmp_path, monkeypatch):
     """DASK_SCHEDULER_ADDRESS names a running cluster: the class task runs there, no LocalCluster is made."""
-    from distributed import LocalCluster
-
     from flows.reproduce import reproduce_all
 
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,  # a worker thread of this process: no second torch import to wait for
-        protocol="tcp",  # but a real TCP address, as a remote scheduler has
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as cluster:
+    with thread_cluster() as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         summary = reproduce_all(  # retrain: the smoke class is cached by now and would not reach the cluster
             suite="smoke", reports=str(tmp_path / "reports"), store=str(store_root), retrain=True
