@@ -36,7 +36,7 @@ Usage::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -81,6 +81,7 @@ class Config:
     clock_name: str  # "cpu": thread CPU time, 1 thread, best round; "wall": median of paired rounds
     threads: int
     rounds: int
+    allocator_tuned: bool = False  # glibc thresholds raised (`generalad.allocator`), as CPU training does
 
 
 @dataclass
@@ -231,7 +232,8 @@ def print_report(args, cfg: Config, views: int, device, m: dict, a: dict, peaks,
     print(
         f"\ntrain step, E={args.embed_dim} N={cfg.num_patches} batch={args.batch} x {views} views, "
         f"{cfg.threads} thread(s), {device}, {cfg.clock_name} clock "
-        f"({'best' if cfg.clock_name == 'cpu' else 'median'} of {cfg.rounds} rounds); load at start {load_start}"
+        f"({'best' if cfg.clock_name == 'cpu' else 'median'} of {cfg.rounds} rounds); load at start {load_start}; "
+        f"allocator {'tuned' if cfg.allocator_tuned else 'default'}"
     )
     print(
         f"FLOPs/step (analytic): {flops['step'] / 1e12:.3f} T (forward linear {flops['forward_linear'] / 1e9:.1f} G, "
@@ -341,6 +343,7 @@ def payload_of(args, cfg: Config, preset, device, m: dict, a: dict, peaks, load_
             "device": str(device),
             "bf16": args.bf16,
             "matmul": MATMUL,
+            "allocator_tuned": cfg.allocator_tuned,
         },
         "loadavg_start": load_start,
         "flops": a["flops"],
@@ -365,7 +368,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     load_start = loadavg()
 
+    from generalad.allocator import tune_for_training
     from generalad.method.presets import preset_for
+
+    cfg = replace(cfg, allocator_tuned=args.device == "cpu" and tune_for_training())  # as training does
 
     device = torch.device(args.device)
     preset = preset_for("mvtec_ad")  # clean + noise_all + noise_random

@@ -49,4 +49,6 @@ def _apply() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, -1)
+    )  # -1: never trim

@@ -3,7 +3,7 @@
 Each paper suite runs as defined (its entries, labels, views, sigmas, K values, seeds, shots and dataset
 options) with four things shrunk so it takes seconds: the backbones become tiny random-init ViTs of the same
 shape (tests/fixtures/tiny_vits.py: 2-3 blocks, 16 patches at 56 / 64 / 32 px), every entry trains 1 epoch on
-one normal class, the datasets are tiny generated copies in their real layouts (tests/fixtures/datasets.py),
+one normal class, the datasets are tiny generated copies in their real layouts (tests/fixtures/semantic_datasets.py, industrial_datasets.py),
 and table3 keeps 2 of its shot counts and 2 of its 5 seeds. K values above N = 16 become N. `smoke` runs
 unchanged. The flow must end Completed, and the summary table and the report rows must hold the rows and columns
 the paper's layout has; numbers are checked against the rows they summarise.
@@ -26,7 +26,8 @@ import pytest
 from flows.suites import FIG4_BACKBONE_NOTE, Suite, SuiteEntry, get_suite
 from generalad.apps import paper
 from storage.reports import ReportStore
-from tests.fixtures import datasets as fixtures
+from tests.fixtures import industrial_datasets, semantic_datasets
+from tests.fixtures.services import thread_cluster
 from tests.fixtures.tiny_vits import TINY_FOR_PAPER, TINY_IMAGE_SIZE, register_tiny_vits
 
 pytestmark = pytest.mark.slow
@@ -41,16 +42,16 @@ def _make_data(root: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
     from generalad.data import get_dataset
 
     builders = {
-        "cifar10": lambda r: fixtures.make_cifar10_batches(r),
-        "cifar100": lambda r: fixtures.make_cifar100_batches(r),
-        "fmnist": lambda r: fixtures.make_fmnist(r),
-        "view": lambda r: fixtures.make_view(r),
-        "aircraft": lambda r: fixtures.make_aircraft(r),
-        "cars": lambda r: fixtures.make_cars(r),
-        "mvtec_ad": lambda r: fixtures.make_mvtec(r, n_test_good=3, defects={"crack": 3}),
-        "mvtec_loco": lambda r: fixtures.make_mvtec_loco(r),
-        "visa": lambda r: fixtures.make_visa(r, n_normal=8, n_anomaly=3),
-        "mpdd": lambda r: fixtures.make_mpdd(r),
+        "cifar10": lambda r: semantic_datasets.make_cifar10_batches(r),
+        "cifar100": lambda r: semantic_datasets.make_cifar100_batches(r),
+        "fmnist": lambda r: semantic_datasets.make_fmnist(r),
+        "view": lambda r: semantic_datasets.make_view(r),
+        "aircraft": lambda r: semantic_datasets.make_aircraft(r),
+        "cars": lambda r: semantic_datasets.make_cars(r),
+        "mvtec_ad": lambda r: industrial_datasets.make_mvtec(r, n_test_good=3, defects={"crack": 3}),
+        "mvtec_loco": lambda r: industrial_datasets.make_mvtec_loco(r),
+        "visa": lambda r: industrial_datasets.make_visa(r, n_normal=8, n_anomaly=3),
+        "mpdd": lambda r: industrial_datasets.make_mpdd(r),
     }
     out = {}
     for name, build in builders.items():
@@ -90,18 +91,9 @@ def _tiny_suite(name: str, data: dict) -> Suite:
 @pytest.fixture(scope="module")
 def suite_env(prefect_api, data_home, tmp_path_factory):
     """Dataset roots in the environment, the tiny ViTs registered, one Dask worker thread for every run."""
-    from distributed import LocalCluster
-
     register_tiny_vits()
     data = _make_data(tmp_path_factory.mktemp("paper-data"))
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,  # no worker process to start and import torch into, per suite
-        protocol="tcp",
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
+    cluster = thread_cluster()  # no worker process to start and import torch into, per suite
     try:
         with pytest.MonkeyPatch.context() as patch:
             for name, (root, _) in data.items():

@@ -20,6 +20,7 @@ import pytest
 
 from flows.suites import HOW_TO_GET, Suite, SuiteEntry, get_suite
 from storage.reports import ReportStore
+from tests.fixtures.services import thread_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +74,10 @@ def test_second_run_trains_nothing_and_is_fast(two_runs, record_property):
     )
     assert len(one) > 3 and len(one) == len(two)
     assert one[columns].equals(two[columns])
+    assert set(one["class_name"]) == {"brick"} and set(one["status"]) == {"ok"}
+    last = one[(one["metric"] == "image_auroc") & (one["selection"] == "last")]["value"]
+    assert len(last) == 1 and 0.0 <= float(last.iloc[0]) <= 1.0
+    assert "quickstart" in first["summary"]["table"]
     assert not one["reused"].any() and (one["computed_by_run_id"] == first["summary"]["run_id"]).all()
     assert two["reused"].all() and (two["computed_by_run_id"] == first["summary"]["run_id"]).all()
     assert (two["run_id"] == second["summary"]["run_id"]).all()
@@ -92,22 +97,6 @@ def test_second_run_extracts_nothing(two_runs, record_property):
     # not one file of the store was written again (and none added)
     assert second["files"] == first["files"]
     assert any(name.endswith("zarr.json") for name in first["files"])
-
-
-def test_both_runs_write_the_same_image_auroc(two_runs):
-    reports, (first, second) = two_runs
-    values = []
-    for run in (first, second):
-        run_id = run["summary"]["run_id"]
-        frame = reports.read_metrics(run_id=run_id, metric="image_auroc", selection="last")
-        assert list(frame["class_name"]) == ["brick"]
-        assert list(frame["status"]) == ["ok"]
-        assert frame["run_id"].unique().tolist() == [run_id]
-        values.append(float(frame["value"].iloc[0]))
-    assert 0.0 <= values[0] <= 1.0
-    # same features, same seed: the rerun reproduces the value
-    assert values[1] == pytest.approx(values[0], abs=1e-6)
-    assert "quickstart" in first["summary"]["table"]
 
 
 def test_progress_artifacts_reach_100_percent(two_runs):
@@ -290,18 +279,9 @@ def test_missing_dataset_is_named_with_how_to_get_it(failing_run):
 
 def test_existing_cluster_from_environment(prefect_api, data_home, store_root, tmp_path, monkeypatch):
     """DASK_SCHEDULER_ADDRESS names a running cluster: the class task runs there, no LocalCluster is made."""
-    from distributed import LocalCluster
-
     from flows.reproduce import reproduce_all
 
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,  # a worker thread of this process: no second torch import to wait for
-        protocol="tcp",  # but a real TCP address, as a remote scheduler has
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as cluster:
+    with thread_cluster() as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         summary = reproduce_all(  # retrain: the smoke class is cached by now and would not reach the cluster
             suite="smoke", reports=str(tmp_path / "reports"), store=str(store_root), retrain=True

@@ -1,59 +1,21 @@
 """Retries: a transient I/O error in a class task is retried once, a deterministic error never.
 
-The classification is unit-tested; then the real `train-class` task (its own retries and retry condition, the
-retry delay set to 0) runs against the session's Prefect server with the training call replaced by a counter
-that fails, so no feature store or training is needed.
+Which errors are transient is tested on real errors in tests/reliability/test_retry.py. Here the real
+`train-class` task (its own retries and retry condition, the retry delay set to 0) runs against the session's
+Prefect server with the training call replaced by a counter that fails, so no feature store or training is
+needed.
 """
 
 from __future__ import annotations
 
-import errno
 import types
 
 import pytest
-from PIL import UnidentifiedImageError
 
 from flows import train as train_module
-from flows.retry import is_transient
 from flows.train import ClassJob, train_class
-from generalad.errors import ConfigError, StoreError, TrainingError
+from generalad.errors import TrainingError
 from generalad.method.presets import preset_for
-
-
-@pytest.mark.parametrize(
-    "exc",
-    [
-        OSError(errno.EIO, "Input/output error"),
-        OSError(errno.ESTALE, "Stale file handle"),
-        OSError("remote request failed"),  # no errno: what remote file system clients raise
-        ConnectionResetError("peer reset"),
-        ConnectionRefusedError("refused"),
-        TimeoutError("read timed out"),
-    ],
-    ids=lambda e: f"{type(e).__name__}-{e.errno}",
-)
-def test_transient_errors(exc):
-    assert is_transient(exc)
-
-
-@pytest.mark.parametrize(
-    "exc",
-    [
-        TrainingError("non-finite loss"),
-        StoreError("no feature store at x"),
-        ConfigError("bad sigma"),
-        FileNotFoundError("x.zarr"),
-        FileExistsError(errno.EEXIST, "x.zarr"),
-        PermissionError("x.zarr"),
-        UnidentifiedImageError("cannot identify image file"),
-        OSError(errno.ENOSPC, "No space left on device"),
-        ValueError("shape"),
-        RuntimeError("boom"),
-    ],
-    ids=lambda e: type(e).__name__,
-)
-def test_deterministic_errors(exc):
-    assert not is_transient(exc)
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_extract_train_evaluate(name, tmp_path):
     from generalad.method.presets import preset_for
     from storage.extraction import extract_features
     from storage.feature_store import FeatureStore
-    from tests.fixtures.datasets import make_mvtec
+    from tests.fixtures.industrial_datasets import make_mvtec
 
     size = TINY_IMAGE_SIZE[vit_info(name).patch_size]
     fx = make_mvtec(tmp_path / "mvtec", n_train=4, n_test_good=3, defects={"crack": 3}, side=24)

@@ -26,10 +26,13 @@ from generalad.errors import DatasetError, GeneralADError, ImageError, StoreErro
 from storage import urls
 from storage.feature_store import FeatureStore
 from tests.fixtures.datasets import BUILDERS
-from tests.reliability.conftest import extract, published
+from tests.fixtures.stores import TINY_DEPTH, TINY_SPEC, extract, published
 
 KINDS = ("truncated", "zero-byte", "not an image")
 MASKED = ("folder", "mpdd", "mvtec_ad", "mvtec_loco", "quickstart", "visa")
+REG4 = (
+    "tiny_vit_base_patch14_reg4_dinov2_test"  # the tiny ViT with 4 registers: other weights than TINY_SPEC's
+)
 
 
 @cache
@@ -114,7 +117,8 @@ def _cli_extract(tmp_path, *extra: str, dataset: str = "mvtec_ad", category: str
     if not (tmp_path / "data").exists():
         BUILDERS["mvtec_ad"](tmp_path / "data")
     args = ["extract", "--dataset", dataset, "--root", str(tmp_path / "data"), "--weights", "random"]
-    args += ["--image-size", "28", "--store", str(tmp_path / "stores"), "--no-progress"]
+    args += ["--backbone", TINY_SPEC.name, "--image-size", str(TINY_SPEC.image_size)]
+    args += ["--store", str(tmp_path / "stores"), "--no-progress"]
     return [*args, *(["--category", category] if category else []), *extra]
 
 
@@ -130,7 +134,7 @@ def _cli_extract(tmp_path, *extra: str, dataset: str = "mvtec_ad", category: str
             "'resnet18' is not a timm VisionTransformer with a class token",
         ),
         ({"extra": ("--image-size", "30")}, "image size 30 is not a multiple of the patch size 14"),
-        ({"extra": ("--layers", "12")}, "layer 12 is out of range"),
+        ({"extra": ("--layers", str(TINY_DEPTH))}, f"layer {TINY_DEPTH} is out of range"),
         ({"extra": ("--weights", "weights.bin.missing")}, "weights file weights.bin.missing does not exist"),
     ],
 )
@@ -147,16 +151,16 @@ def test_the_extract_command_names_a_bad_value_and_publishes_nothing(
 
 
 def test_weights_of_another_architecture_name_the_file_and_publish_nothing(tmp_path, capsys) -> None:
-    other = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=28)
+    other = timm.create_model(REG4, pretrained=False, num_classes=0, img_size=TINY_SPEC.image_size)
     path = tmp_path / "reg4.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     assert main(_cli_extract(tmp_path, "--weights", str(path))) == 2
-    assert "reg4.safetensors does not fit vit_small_patch14_dinov2" in capsys.readouterr().err
+    assert f"reg4.safetensors does not fit {TINY_SPEC.name}" in capsys.readouterr().err
     assert not published(tmp_path / "stores")
 
 
-def test_a_store_of_an_older_schema_is_refused_by_every_reader(adapter, tmp_path, capsys) -> None:
-    url = extract(adapter, tmp_path / "stores").url
+def test_a_store_of_an_older_schema_is_refused_by_every_reader(tiny_adapter, tmp_path, capsys) -> None:
+    url = extract(tiny_adapter, tmp_path / "stores").url
     zarr.open_group(urls.zarr_store(url), mode="r+").attrs["generalad_schema"] = 0
     with pytest.raises(StoreError, match=r"schema version 0; this generalad reads version 1.*Re-extract"):
         FeatureStore(url)

@@ -20,56 +20,55 @@ import storage.fingerprint
 from generalad.backbone import BackboneSpec
 from generalad.errors import StoreError
 from storage.extraction import plan_store
-from storage.feature_store import FeatureStore
-from storage.store_layout import is_complete
-from tests.reliability.conftest import SPEC, extract, store_values
+from storage.feature_store import FeatureStore, is_complete
+from tests.fixtures.stores import TINY_SPEC, extract, store_values, tiny_mvtec_adapter
 
 Change = Callable[[pytest.MonkeyPatch, Path, Path], tuple[BackboneSpec, str]]
 
 
 def _spec(**fields) -> Change:
-    return lambda mp, data, tmp: (dataclasses.replace(SPEC, **fields), "float16")
+    return lambda mp, data, tmp: (dataclasses.replace(TINY_SPEC, **fields), "float16")
 
 
 def _weights_file(mp, data, tmp, content: bytes = b"weights-a") -> tuple[BackboneSpec, str]:
     path = tmp / "w.safetensors"
     path.write_bytes(content)
-    return dataclasses.replace(SPEC, weights=str(path)), "float16"
+    return dataclasses.replace(TINY_SPEC, weights=str(path)), "float16"
 
 
 def _image_resaved(mp, data, tmp):
     path = data / "bottle" / "train" / "good" / "000.png"
     Image.fromarray(np.zeros((16, 18, 3), np.uint8)).save(path)  # same name, other pixels (other size)
-    return SPEC, "float16"
+    return TINY_SPEC, "float16"
 
 
 def _image_added(mp, data, tmp):
     Image.fromarray(np.full((16, 18, 3), 7, np.uint8)).save(data / "bottle" / "train" / "good" / "099.png")
-    return SPEC, "float16"
+    return TINY_SPEC, "float16"
 
 
 def _mask_changed(mp, data, tmp):
     mask = next(iter(sorted((data / "bottle" / "ground_truth").rglob("*.png"))))
     Image.fromarray(np.full((16, 18), 255, np.uint8)).save(mask)
-    return SPEC, "float16"
+    return TINY_SPEC, "float16"
 
 
 def _constant(module, name: str, value) -> Change:
     def change(mp, data, tmp):
         mp.setattr(module, name, value)
-        return SPEC, "float16"
+        return TINY_SPEC, "float16"
 
     return change
 
 
 CHANGES: dict[str, Change] = {
-    "backbone": _spec(name="vit_small_patch14_reg4_dinov2"),
+    "backbone": _spec(name="tiny_vit_base_patch14_reg4_dinov2_test"),
     "weights: random seed": _spec(seed=1),
     "weights: random init values": _spec(init_values=1.0),
     "weights: a file": _weights_file,
     "image size": _spec(image_size=42),
     "layers": _spec(layers=(-2, -1)),
-    "dtype": lambda mp, data, tmp: (SPEC, "float32"),
+    "dtype": lambda mp, data, tmp: (TINY_SPEC, "float32"),
     "preprocessing spec": _constant(generalad.data.preprocess, "PREPROCESSING_SPEC", "pil-bicubic|v2"),
     "timm version": _constant(storage.fingerprint.timm, "__version__", "99.0.0"),
     "attention capture": _constant(storage.fingerprint, "ATTENTION_CAPTURE", "explicit-attention|v2"),
@@ -85,10 +84,8 @@ CHANGES: dict[str, Change] = {
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path, str]:
     """A tiny MVTec category and its complete store under `<tmp>/stores`: (data root, store root, store url)."""
-    from tests.reliability.conftest import mvtec_adapter
-
     tmp = tmp_path_factory.mktemp("keys")
-    adapter = mvtec_adapter(tmp / "mvtec")
+    adapter = tiny_mvtec_adapter(tmp / "mvtec")
     result = extract(adapter, tmp / "stores")
     return adapter.root, tmp / "stores", result.url
 
@@ -105,7 +102,7 @@ def test_changing_an_input_of_the_key_never_hits_the_old_store(
     data = tmp_path / "mvtec"
     shutil.copytree(data_root, data)  # changes to the data stay in this test's copy
     adapter = get_dataset("mvtec_ad", data, "bottle")
-    base_again, base = plan_store(adapter, SPEC, str(store_root))
+    base_again, base = plan_store(adapter, TINY_SPEC, str(store_root))
     # the copy of the data has the same key: the key is a function of the inputs, not of where they lie
     assert base_again == base_url
 
@@ -115,10 +112,10 @@ def test_changing_an_input_of_the_key_never_hits_the_old_store(
     assert is_complete(base_url) and not is_complete(url)
 
 
-def test_another_weights_file_content_moves_the_key(tmp_path, adapter) -> None:
-    first = plan_store(adapter, _weights_file(None, None, tmp_path)[0], str(tmp_path))[1]
-    again = plan_store(adapter, _weights_file(None, None, tmp_path)[0], str(tmp_path))[1]
-    other = plan_store(adapter, _weights_file(None, None, tmp_path, b"weights-b")[0], str(tmp_path))[1]
+def test_another_weights_file_content_moves_the_key(tmp_path, tiny_adapter) -> None:
+    first = plan_store(tiny_adapter, _weights_file(None, None, tmp_path)[0], str(tmp_path))[1]
+    again = plan_store(tiny_adapter, _weights_file(None, None, tmp_path)[0], str(tmp_path))[1]
+    other = plan_store(tiny_adapter, _weights_file(None, None, tmp_path, b"weights-b")[0], str(tmp_path))[1]
     assert first.key == again.key != other.key
     assert other.weights.startswith("file:sha256:") and other.weights != first.weights
 

@@ -16,13 +16,13 @@ import zarr
 from generalad.errors import StoreError
 from storage import feature_store, urls
 from storage.extraction import plan_store
-from storage.store_layout import COMPLETE_FILE, SHARDS_DIR
-from tests.reliability.conftest import (
+from storage.feature_store import COMPLETE_FILE, SHARDS_DIR
+from tests.fixtures.processes import fork_context
+from tests.fixtures.stores import (
     SHARD,
-    SPEC,
+    TINY_SPEC,
     assert_same_values,
     extract,
-    fork_context,
     markers,
     published,
     store_values,
@@ -30,13 +30,13 @@ from tests.reliability.conftest import (
 
 
 @pytest.fixture()
-def reference(adapter, tmp_path) -> dict[str, np.ndarray]:
+def reference(tiny_adapter, tmp_path) -> dict[str, np.ndarray]:
     """The values of an uninterrupted run."""
-    return store_values(extract(adapter, tmp_path / "reference").url)
+    return store_values(extract(tiny_adapter, tmp_path / "reference").url)
 
 
 def test_writer_killed_before_creating_the_arrays_is_finished_by_the_rerun(
-    adapter, tmp_path, reference, monkeypatch
+    tiny_adapter, tmp_path, reference, monkeypatch
 ) -> None:
     class Killed(BaseException):
         pass
@@ -47,41 +47,47 @@ def test_writer_killed_before_creating_the_arrays_is_finished_by_the_rerun(
     with monkeypatch.context() as patch:
         patch.setattr(zarr.Group, "create_array", die)
         with pytest.raises(Killed):
-            extract(adapter, tmp_path / "stores")
-    url, _ = plan_store(adapter, SPEC, str(tmp_path / "stores"))
+            extract(tiny_adapter, tmp_path / "stores")
+    url, _ = plan_store(tiny_adapter, TINY_SPEC, str(tmp_path / "stores"))
     assert (Path(url) / "zarr.json").is_file() and not (Path(url) / "tokens").exists()
-    result = extract(adapter, tmp_path / "stores")
+    result = extract(tiny_adapter, tmp_path / "stores")
     assert result.images_extracted == 8
     assert_same_values(result.url, reference)
 
 
-def test_rerun_with_another_shard_size_resumes_in_the_stores_own_shards(adapter, tmp_path, reference) -> None:
-    full = extract(adapter, tmp_path / "stores", shard_size=SHARD)
+def test_rerun_with_another_shard_size_resumes_in_the_stores_own_shards(
+    tiny_adapter, tmp_path, reference
+) -> None:
+    full = extract(tiny_adapter, tmp_path / "stores", shard_size=SHARD)
     os.remove(Path(full.url) / COMPLETE_FILE)
     os.remove(Path(full.url) / SHARDS_DIR / "00003.json")
     kept = {s: m for s, m in markers(full.url).items()}
-    resumed = extract(adapter, tmp_path / "stores", shard_size=3)
+    resumed = extract(tiny_adapter, tmp_path / "stores", shard_size=3)
     assert (resumed.images_extracted, resumed.shards_written, resumed.shards_skipped) == (2, 1, 3)
     assert {s: markers(full.url)[s] for s in kept} == kept
     assert_same_values(resumed.url, reference)
 
 
-def test_corrupted_shard_is_rewritten_by_the_rerun_the_error_asks_for(adapter, tmp_path, reference) -> None:
-    full = extract(adapter, tmp_path / "stores")
+def test_corrupted_shard_is_rewritten_by_the_rerun_the_error_asks_for(
+    tiny_adapter, tmp_path, reference
+) -> None:
+    full = extract(tiny_adapter, tmp_path / "stores")
     os.remove(Path(full.url) / COMPLETE_FILE)
     zarr.open_group(urls.zarr_store(full.url), mode="r+")["cls_attn"][5] = 0.0  # shard 2, after its marker
     with pytest.raises(StoreError, match="shard 2 does not match its checksum.*rerun"):
-        extract(adapter, tmp_path / "stores")
+        extract(tiny_adapter, tmp_path / "stores")
     assert not published(tmp_path / "stores")
     before = markers(full.url)
-    resumed = extract(adapter, tmp_path / "stores")
+    resumed = extract(tiny_adapter, tmp_path / "stores")
     assert (resumed.images_extracted, resumed.shards_written) == (2, 1)
     assert {s: m for s, m in markers(full.url).items() if s != 2} == {s: m for s, m in before.items()}
     assert_same_values(resumed.url, reference)
 
 
-def test_temporary_files_of_a_killed_writer_are_removed_by_the_rerun(adapter, tmp_path, reference) -> None:
-    full = extract(adapter, tmp_path / "stores")
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_rerun(
+    tiny_adapter, tmp_path, reference
+) -> None:
+    full = extract(tiny_adapter, tmp_path / "stores")
     store = Path(full.url)
     os.remove(store / COMPLETE_FILE)
     os.remove(store / SHARDS_DIR / "00001.json")
@@ -92,18 +98,18 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_rerun(adapter, tm
     ]
     for path in leftovers:
         path.write_bytes(b"half a file")
-    resumed = extract(adapter, tmp_path / "stores")
+    resumed = extract(tiny_adapter, tmp_path / "stores")
     assert resumed.images_extracted == 2
     assert not [p for p in leftovers if p.exists()]
     assert_same_values(resumed.url, reference)
 
 
-def test_complete_marker_of_another_key_is_never_reused(adapter, tmp_path) -> None:
-    full = extract(adapter, tmp_path / "stores")
+def test_complete_marker_of_another_key_is_never_reused(tiny_adapter, tmp_path) -> None:
+    full = extract(tiny_adapter, tmp_path / "stores")
     marker = Path(full.url) / COMPLETE_FILE
     marker.write_text(json.dumps({"key": "0" * 64, "num_images": 8}))
     with pytest.raises(StoreError, match=f"{full.url}.*complete for store key '0000"):
-        extract(adapter, tmp_path / "stores")
+        extract(tiny_adapter, tmp_path / "stores")
 
 
 def _killed_at_marker(adapter, store_root: str, shard: int) -> None:
@@ -120,17 +126,17 @@ def _killed_at_marker(adapter, store_root: str, shard: int) -> None:
     extract(adapter, store_root)
 
 
-def test_sigkill_between_a_marker_and_its_rename_loses_nothing(adapter, tmp_path, reference) -> None:
+def test_sigkill_between_a_marker_and_its_rename_loses_nothing(tiny_adapter, tmp_path, reference) -> None:
     root = str(tmp_path / "stores")
-    child = fork_context().Process(target=_killed_at_marker, args=(adapter, root, 2))
+    child = fork_context().Process(target=_killed_at_marker, args=(tiny_adapter, root, 2))
     child.start()
     child.join(timeout=120)
     assert child.exitcode == -signal.SIGKILL
     assert not published(root)
-    url, _ = plan_store(adapter, SPEC, root)
+    url, _ = plan_store(tiny_adapter, TINY_SPEC, root)
     done = markers(url)
     assert sorted(done) == [0, 1]  # shard 2's bytes are written, its marker is not
-    resumed = extract(adapter, root)
+    resumed = extract(tiny_adapter, root)
     assert (resumed.images_extracted, resumed.shards_written, resumed.shards_skipped) == (4, 2, 2)
     assert {s: markers(url)[s] for s in done} == done  # the completed shards were not rewritten
     assert_same_values(url, reference)

@@ -1,11 +1,11 @@
 """Determinism: the same seed and configuration give identical metrics, for one experiment and through the
-`reproduce-all` flow on Dask. The flow tests share one local Prefect server (bound to 127.0.0.1, which they check),
-and also cover what only a running flow shows: a task really retried on a transient error and only then, and a
-broken dataset failing the suite with no report row written."""
+`reproduce-all` flow on Dask. The flow tests use the session's local Prefect server (tests/conftest.py; that it
+listens on 127.0.0.1 only is checked in tests/flows/test_runtime.py) and also cover what only a running flow
+shows: a broken dataset failing the suite with no report row written. (A task really retried on a transient
+error, and only then: tests/flows/test_retry.py.)"""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
@@ -18,11 +18,11 @@ from generalad.apps.train_job import resolve_preset
 from generalad.method.experiment import run_one_class
 from storage.feature_store import FeatureStore
 from storage.reports import ReportStore
-from tests.reliability.conftest import extract
+from tests.fixtures.stores import TINY_CLASS, extract
 
 
 def _run(store: FeatureStore, seed: int):
-    split = store.split("bottle")
+    split = store.split(TINY_CLASS)
     return run_one_class(
         store,
         split,
@@ -35,54 +35,35 @@ def _run(store: FeatureStore, seed: int):
     )
 
 
-def test_one_experiment_gives_identical_results_for_a_seed(adapter, tmp_path) -> None:
-    store = FeatureStore(extract(adapter, tmp_path / "stores").url)
+def test_one_experiment_gives_identical_results_for_a_seed(tiny_adapter, tmp_path) -> None:
+    store = FeatureStore(extract(tiny_adapter, tmp_path / "stores").url)
     first, second, other = _run(store, 7), _run(store, 7), _run(store, 8)
     assert first.metrics == second.metrics  # every metric, both selections, exactly
     pd.testing.assert_frame_equal(first.scores, second.scores, check_exact=True)
     for name, value in first.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name]), name
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
     assert {m["metric"] for m in first.metrics} >= {"image_auroc", "pixel_auroc", "aupro"}
     assert not np.array_equal(first.scores["score"], other.scores["score"])  # the seed does matter
+    assert not all(
+        torch.equal(value, other.model.state_dict()[name]) for name, value in first.model.state_dict().items()
+    )
+    assert not first.model.training  # handed back ready to score
 
 
 # ------------------------------------------------------------------------------------------------- the flow
 @pytest.fixture(scope="module")
-def reliability_flow_env(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """One local Prefect server and one Dask LocalCluster (both on 127.0.0.1) for this module: (API URL, Dask
-    scheduler address). This process and the Dask worker point at the server; the flows run on the cluster by
-    address, so its worker process starts (and imports torch) once, not once per flow run."""
+def reliability_flow_env(prefect_api, data_home) -> Iterator[tuple[str, str]]:
+    """The session's Prefect server and data home, and one Dask LocalCluster (on 127.0.0.1, as the flow plans it)
+    for this module: (API URL, Dask scheduler address). The flows run on the cluster by address, so its worker
+    process starts (and imports torch) once, not once per flow run."""
     from distributed import LocalCluster
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.runtime import OFFLINE_ENV, local_prefect_server, plan_dask
-    from flows.suites import CONFIG_ENV, DATA_ENV_PREFIX
+    from flows.runtime import plan_dask
 
-    home = tmp_path_factory.mktemp("prefect")
-    config = home / "generalad.toml"
-    config.write_text("[datasets]\n", encoding="utf-8")  # dataset roots only from this module
-    with (
-        local_prefect_server(home / "server", log=home / "server.log") as api_url,
-        pytest.MonkeyPatch.context() as mp,
-    ):
-        for key, value in OFFLINE_ENV.items():
-            mp.setenv(key, value)
-        mp.setenv("PREFECT_API_URL", api_url)  # read by the Dask worker processes
-        mp.setenv("GENERALAD_HOME", str(home / "generalad"))  # the generated quickstart set goes here
-        mp.setenv(CONFIG_ENV, str(config))
-        for key in [k for k in os.environ if k.startswith(DATA_ENV_PREFIX)]:
-            mp.delenv(key)
-        cluster_kwargs = plan_dask(1, address=None, n_workers=1).runner_kwargs()["cluster_kwargs"]
-        with (
-            temporary_settings(updates={PREFECT_API_URL: api_url}),
-            LocalCluster(**cluster_kwargs) as cluster,
-        ):
-            try:
-                yield api_url, cluster.scheduler_address
-            finally:
-                from prefect.logging.handlers import APILogHandler
-
-                APILogHandler().flush()
+    cluster_kwargs = plan_dask(1, address=None, n_workers=1).runner_kwargs()["cluster_kwargs"]
+    with LocalCluster(**cluster_kwargs) as cluster:
+        yield prefect_api, cluster.scheduler_address
 
 
 @pytest.mark.slow
@@ -97,48 +78,20 @@ def test_two_smoke_runs_of_the_flow_give_identical_aurocs(reliability_flow_env, 
             reports=reports.url,
             store=str(tmp_path / f"stores{i}"),
             weights="random",
-            n_workers=1,
+            dask_address=dask_address,
         )
         for i in range(2)
     ]
     assert all(r["extractions"][0]["images_extracted"] > 0 for r in runs)  # two independent stores
     frame = reports.read_metrics(metric="image_auroc")
     assert (frame["status"] == "ok").all()
+    assert not frame["reused"].any()  # each run trained its class (a cache of its own store root, empty)
     key = ["class_name", "selection", "epoch"]
     values = [frame[frame["run_id"] == r["run_id"]].sort_values(key)[[*key, "value"]] for r in runs]
     assert len(values[0]) >= 1
     pd.testing.assert_frame_equal(
         values[0].reset_index(drop=True), values[1].reset_index(drop=True), check_exact=True
     )
-
-
-@pytest.mark.slow
-def test_a_task_is_retried_on_a_transient_error_only(reliability_flow_env) -> None:
-    from prefect import flow, task
-
-    from flows.retry import transient_io_only
-
-    calls: list[str] = []
-
-    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=transient_io_only)
-    def flaky(kind: str) -> int:
-        calls.append(kind)
-        if len(calls) == 1:
-            raise (
-                ConnectionResetError(104, "reset by peer")
-                if kind == "io"
-                else ValueError("shape (2, 3) != (3,)")
-            )
-        return len(calls)
-
-    @flow
-    def run(kind: str):
-        return flaky(kind, return_state=True)
-
-    assert run("io").result() == 2 and calls == ["io", "io"]
-    calls.clear()
-    state = run("shape", return_state=True)
-    assert state.is_failed() and calls == ["shape"]
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Failure surfacing: tasks retry on transient I/O errors only, never on deterministic ones (bad input, shape
 errors, NaN loss). The exceptions are produced by really doing the failing thing where that is cheap; the Prefect
-retry condition is fed real Prefect states. (A task really retrying under Prefect: test_determinism.py.)"""
+retry condition is fed real Prefect states. (The real train-class task retrying under Prefect: tests/flows/test_retry.py.)"""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from generalad.method.feature_source import InMemoryFeatures
 from generalad.method.presets import preset_for
 from generalad.method.training import train_discriminator
 from storage.feature_store import FeatureStore
+from tests.fixtures.stores import TINY_SPEC
 
 
 def _raised(action: Callable[[], object]) -> BaseException:
@@ -48,8 +49,9 @@ def _nan_loss() -> None:
 
 
 def _shape_error() -> None:
-    backbone = load_backbone(BackboneSpec(weights="random", image_size=28))
-    backbone(torch.zeros(1, 3, 42, 42))  # images of another size than the model's
+    backbone = load_backbone(TINY_SPEC)
+    side = TINY_SPEC.image_size + TINY_SPEC.patch_size
+    backbone(torch.zeros(1, 3, side, side))  # images of another size than the model's
 
 
 def _peer(reset: bool) -> None:
@@ -67,19 +69,28 @@ def _peer(reset: bool) -> None:
             client.recv(1)
 
 
-def _io_error() -> None:
-    raise OSError(errno.EIO, "Input/output error")  # what a flaky network file system returns
+def _raise(exc: BaseException) -> Callable[[], None]:
+    """An error only a remote or full file system gives, which no test here can cause for real."""
+
+    def action() -> None:
+        raise exc
+
+    return action
 
 
 TRANSIENT = {
     "connection refused": _refused_connection,
     "connection reset": lambda: _peer(reset=True),
     "timeout": lambda: _peer(reset=False),
-    "generic I/O error": _io_error,
+    "generic I/O error": _raise(OSError(errno.EIO, "Input/output error")),  # a flaky network file system
+    "stale file handle": _raise(OSError(errno.ESTALE, "Stale file handle")),  # NFS after a server restart
+    "no errno": _raise(OSError("remote request failed")),  # what remote file system clients raise
 }
 
 DETERMINISTIC = {
     "missing file": (lambda: open("/nonexistent/generalad/x.png", "rb"), FileNotFoundError),
+    "permission denied": (_raise(PermissionError(errno.EACCES, "Permission denied")), PermissionError),
+    "disk full": (_raise(OSError(errno.ENOSPC, "No space left on device")), OSError),
     "is a directory": (lambda: open("/", "rb"), IsADirectoryError),
     "not a directory": (lambda: open(f"{__file__}/x", "rb"), NotADirectoryError),
     "undecodable image": (lambda: open_image(Path(__file__)), ImageError),

@@ -4,7 +4,9 @@ on their real sockets in tests/flows/test_runtime.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 
 from generalad.apps.model_io import MODEL_WEIGHTS, ModelFileError, load_model, save_model
 from generalad.apps.train_job import resolve_preset
-from generalad.backbone import BackboneSpec, load_backbone, weights_identity
+from generalad.backbone import load_backbone, weights_identity
 from generalad.data import get_dataset
 from generalad.data.mvtec import MVTecADDataset
 from generalad.errors import DatasetError, WeightsError
@@ -23,8 +25,9 @@ from storage.feature_store import FeatureStore
 from storage.fingerprint import fingerprint_for
 from storage.report_rows import RunContext, failed_rows
 from storage.reports import ReportStore
-from tests.fixtures.datasets import make_aircraft, make_cars, make_mvtec
-from tests.reliability.conftest import SPEC, extract, published
+from tests.fixtures.industrial_datasets import make_mvtec
+from tests.fixtures.semantic_datasets import make_aircraft, make_cars
+from tests.fixtures.stores import TINY_CLASS, TINY_SPEC, extract, published
 
 
 class _OpensAFile:
@@ -37,17 +40,29 @@ class _OpensAFile:
         return (open, (self.path, "w"))
 
 
-def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(adapter, tmp_path) -> None:
+def _payload_ran_under_plain_torch_load(path: Path, sentinel: Path) -> bool:
+    """The control: an unrestricted `torch.load` of `path` does run the payload, so a missing sentinel before
+    it proves that nothing was unpickled (not that the payload was inert). Loaded from a `.pth` copy: torch
+    hands a `.safetensors` name to the safetensors reader."""
+    control = sentinel.with_name("control.pth")
+    shutil.copyfile(path, control)
+    for opened in torch.load(control, weights_only=False).values():
+        opened.close()
+    return sentinel.exists()
+
+
+def test_a_malicious_pth_backbone_file_runs_no_code_and_publishes_nothing(tiny_adapter, tmp_path) -> None:
     sentinel = tmp_path / "pwned"
     weights = tmp_path / "evil.pth"
     torch.save({"pos_embed": _OpensAFile(sentinel)}, weights)
-    spec = BackboneSpec(weights=str(weights), image_size=28)
+    spec = dataclasses.replace(TINY_SPEC, weights=str(weights))
     assert weights_identity(spec).startswith("file:sha256:")  # identity hashes bytes, never loads them
     with pytest.raises(WeightsError, match="evil.pth"):
         load_backbone(spec)
     with pytest.raises(WeightsError, match="evil.pth"):
-        extract(adapter, tmp_path / "stores", spec=spec)
+        extract(tiny_adapter, tmp_path / "stores", spec=spec)
     assert not sentinel.exists() and not published(tmp_path / "stores")
+    assert _payload_ran_under_plain_torch_load(weights, sentinel)
 
 
 def test_load_model_never_unpickles(tmp_path, monkeypatch) -> None:
@@ -78,6 +93,8 @@ def test_model_weights_that_are_not_safetensors_run_no_code_and_name_the_file(tm
     with pytest.raises(ModelFileError, match=MODEL_WEIGHTS):
         load_model(folder)
     assert not sentinel.exists()
+    if content == "pickle":
+        assert _payload_ran_under_plain_torch_load(folder / MODEL_WEIGHTS, sentinel)
 
 
 @pytest.mark.parametrize("category", ["..", "../bottle", "/etc", "a/b"])
@@ -87,7 +104,9 @@ def test_a_category_cannot_escape_the_root_even_without_get_dataset(tmp_path, ca
         MVTecADDataset(tmp_path / "mvtec", category)
     manifest = get_dataset("mvtec_ad", tmp_path / "mvtec", "bottle").manifest()
     with pytest.raises(DatasetError, match="category"):  # nor can it name a folder outside the store root
-        fingerprint_for(dataset="mvtec_ad", category=category, spec=SPEC, dtype="float16", manifest=manifest)
+        fingerprint_for(
+            dataset="mvtec_ad", category=category, spec=TINY_SPEC, dtype="float16", manifest=manifest
+        )
 
 
 def test_an_aircraft_listing_cannot_point_outside_the_root(tmp_path) -> None:
@@ -104,12 +123,12 @@ def test_an_aircraft_listing_cannot_point_outside_the_root(tmp_path) -> None:
 
 
 def test_a_cars_annotation_cannot_point_outside_the_root(tmp_path) -> None:
-    from tests.fixtures.datasets import _annotations_struct
+    from tests.fixtures.semantic_datasets import annotations_struct
 
     fx = make_cars(tmp_path / "root" / "cars")
     (tmp_path / "root" / "outside.jpg").write_bytes((fx.root / "cars_train" / "00001.jpg").read_bytes())
     annos = fx.root / "devkit" / "cars_train_annos.mat"
-    scipy.io.savemat(annos, {"annotations": _annotations_struct([("../../outside.jpg", 1)], 16)})
+    scipy.io.savemat(annos, {"annotations": annotations_struct([("../../outside.jpg", 1)], 16)})
     with pytest.raises(DatasetError, match="outside.jpg.*outside the dataset root"):
         get_dataset("cars", fx.root).manifest()
 
@@ -122,10 +141,13 @@ SECRETS = {
 }
 
 
-def test_a_failed_task_row_carries_no_secret(adapter, tmp_path, monkeypatch) -> None:
+def test_a_failed_task_row_carries_no_secret(tiny_adapter, tmp_path, monkeypatch) -> None:
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    opened = FeatureStore(extract(adapter, tmp_path / "stores").url)
+    monkeypatch.setenv(
+        "GENERALAD_HOME_MARKER", "marker-value-abc"
+    )  # in no error: the environment is not copied
+    opened = FeatureStore(extract(tiny_adapter, tmp_path / "stores").url)
     error = (
         "OSError: cannot reach s3://AKIAFAKEUSER:signedpart@bucket/x and "
         "https://h.example/obj?X-Amz-Credential=AKIAFAKE2&X-Amz-Signature=deadbeefcafe with "
@@ -134,7 +156,7 @@ def test_a_failed_task_row_carries_no_secret(adapter, tmp_path, monkeypatch) -> 
     rows = failed_rows(
         RunContext.of_store(opened, run_id="r-secret"),
         resolve_preset(opened, None, {"epochs": 1}),
-        class_name="bottle",
+        class_name=TINY_CLASS,
         seed=0,
         shots=None,
         error=error,
@@ -145,8 +167,16 @@ def test_a_failed_task_row_carries_no_secret(adapter, tmp_path, monkeypatch) -> 
     files = [p for p in (tmp_path / "reports").rglob("*") if p.is_file()]
     assert files
     blob = b"".join(p.read_bytes() for p in files) + "".join(str(p) for p in files).encode()
-    for secret in [*SECRETS.values(), "AKIAFAKEUSER", "signedpart", "AKIAFAKE2", "deadbeefcafe"]:
+    for secret in [
+        *SECRETS.values(),
+        "AKIAFAKEUSER",
+        "signedpart",
+        "AKIAFAKE2",
+        "deadbeefcafe",
+        "marker-value-abc",
+    ]:
         assert secret.encode() not in blob, secret
     frame = reports.read_metrics(run_id="r-secret")
     assert (frame["status"] == "failed").all() and frame["error"].str.contains("cannot reach").all()
+    assert frame["error"].str.contains(r"\*\*\*").all()  # the secrets were masked, not the message dropped
     assert not np.isfinite(frame["value"].astype(float)).any()

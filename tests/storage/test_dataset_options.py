@@ -8,16 +8,15 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from generalad.backbone import BackboneSpec
 from generalad.data import get_dataset
 from storage.extraction import plan_store
 from storage.feature_store import FeatureStore
 from storage.fingerprint import protocol_label
-from tests.fixtures.datasets import make_visa
-from tests.fixtures.tiny_vits import register_tiny_vits
+from tests.fixtures.industrial_datasets import make_visa
+from tests.fixtures.stores import TINY_SPEC
 
-register_tiny_vits()
-SPEC = BackboneSpec(name="tiny_vit_base_patch16_in21k_test", weights="random", image_size=64)
+# the CLI test leaves out --image-size to check the patch-16 default (224): it needs a patch-16 ViT, the tiny one
+PATCH16 = "tiny_vit_base_patch16_in21k_test"
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,8 @@ def visa(tmp_path_factory):
 def test_options_enter_the_key_and_the_default_split_keeps_its_key(visa, tmp_path):
     official = get_dataset("visa", visa.root, visa.category)
     listing = get_dataset("visa", visa.root, visa.category, split="listing_80_20")
-    url_official, fp_official = plan_store(official, SPEC, str(tmp_path))
-    url_listing, fp_listing = plan_store(listing, SPEC, str(tmp_path))
+    url_official, fp_official = plan_store(official, TINY_SPEC, str(tmp_path))
+    url_listing, fp_listing = plan_store(listing, TINY_SPEC, str(tmp_path))
     assert fp_official.key != fp_listing.key and url_official != url_listing
     assert "dataset_options" not in fp_official.as_dict()  # no options: the key of stores made before options
     assert fp_listing.as_dict()["dataset_options"] == {"split": "listing_80_20"}
@@ -45,7 +44,7 @@ def test_extract_cli_option_reaches_the_store_and_the_rows(visa, tmp_path):
 
     out = io.StringIO()
     argv = ["extract", "--dataset", "visa", "--root", str(visa.root), "--category", visa.category, "--store",
-            str(tmp_path / "s"), "--backbone", SPEC.name, "--weights", "random", "--no-progress",
+            str(tmp_path / "s"), "--backbone", PATCH16, "--weights", "random", "--no-progress",
             "--dataset-option", "split=listing_80_20"]  # fmt: skip
     with redirect_stdout(out):
         assert main(argv) == 0  # no --image-size: the patch-16 default, 224

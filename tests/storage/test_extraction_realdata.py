@@ -13,6 +13,8 @@ from storage.feature_store import FeatureStore
 
 
 def _extract(shared_data: Path, store_root: Path, capsys) -> str:
+    # the default ViT-S by its name, not the tiny test ViT: this is the command exactly as a user runs it on
+    # real data (a timm name the CLI knows without any test-only registration), with that model's dims below
     args = [
         "extract",
         "--dataset", "mvtec_ad",

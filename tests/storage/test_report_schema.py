@@ -1,4 +1,5 @@
-"""The report schema and its rows: MetricRow and ScoreRow validation, defaults, redaction, format helpers, config hash."""
+"""The report schema: MetricRow / ScoreRow validation and defaults, the Arrow schemas, the formatting helpers and
+the configuration hash (no store involved)."""
 
 from __future__ import annotations
 

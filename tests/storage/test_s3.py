@@ -19,23 +19,20 @@ import duckdb
 import numpy as np
 import pytest
 
-from generalad.backbone import BackboneSpec
-from generalad.data import generate_quickstart, get_dataset
+from generalad.data import get_dataset
 from generalad.errors import StoreError
 from storage import urls
-from storage.extraction import extract_features
 from storage.feature_store import FeatureStore
 from storage.metric_row import MetricRow
 from storage.reports import ReportStore
 from storage.score_rows import scores_from_arrays
 from tests.fixtures.rows import row_config
 from tests.fixtures.services import forget_s3_clients, moto_s3, project_env, s3_env
+from tests.fixtures.stores import SHARD, TINY_CLASS, extract, tiny_mvtec_adapter
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "generalad-test"
-SPEC = BackboneSpec(name="vit_small_patch14_dinov2", weights="random", image_size=56)
-SHARD_SIZE = 4
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +52,9 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory) -> Path:
-    """13 images of the quickstart `brick` category at 56 px: 4 shards of 4 images (the last one short)."""
-    return generate_quickstart(
-        tmp_path_factory.mktemp("quickstart"), n_train=8, n_test_good=2, n_test_defect=3, image_size=56
-    )
+def data_root(tmp_path_factory) -> Path:
+    """The root of the tiny MVTec-AD category (tests/fixtures/stores.py): 8 images, 4 shards of `SHARD`."""
+    return tiny_mvtec_adapter(tmp_path_factory.mktemp("mvtec")).root
 
 
 def _objects(prefix: str) -> list[str]:
@@ -70,9 +65,9 @@ def _objects(prefix: str) -> list[str]:
 
 _EXTRACT = """
 import json, os, signal, sys
-from generalad.backbone import BackboneSpec
 from generalad.data import get_dataset
-from storage import feature_store, extraction
+from storage import feature_store
+from tests.fixtures.stores import TINY_CLASS, extract
 
 root, store_root, kill_marker = sys.argv[1], sys.argv[2], sys.argv[3]
 put = feature_store.urls.write_bytes_atomic
@@ -83,9 +78,8 @@ def put_or_die(url, data):
     put(url, data)
 
 feature_store.urls.write_bytes_atomic = put_or_die
-spec = BackboneSpec(name="vit_small_patch14_dinov2", weights="random", image_size=56)
-adapter = get_dataset("quickstart", root, category="brick")
-result = extraction.extract_features(adapter, spec, store_root, shard_size=4, progress=False)
+adapter = get_dataset("mvtec_ad", root, category=TINY_CLASS)
+result = extract(adapter, store_root)  # the tiny backbone, shards of SHARD images
 print(json.dumps({"url": result.url, "written": result.shards_written, "skipped": result.shards_skipped}))
 """
 
@@ -100,9 +94,9 @@ def _extract_in_child(root: Path, store_root: str, kill_marker: str = "") -> sub
     )
 
 
-def test_extraction_killed_mid_shard_on_s3_then_resumed(s3, quickstart, tmp_path):
+def test_extraction_killed_mid_shard_on_s3_then_resumed(s3, data_root, tmp_path):
     store_root = f"s3://{BUCKET}/stores"
-    killed = _extract_in_child(quickstart, store_root, kill_marker="00002")
+    killed = _extract_in_child(data_root, store_root, kill_marker="00002")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     [url] = {o.rsplit(".zarr/", 1)[0] + ".zarr" for o in _objects(store_root) if ".zarr/" in o}
@@ -123,7 +117,7 @@ def test_extraction_killed_mid_shard_on_s3_then_resumed(s3, quickstart, tmp_path
     # now this process holds a cached listing with two markers (s3fs caches listings)
     fs.ls(f"{path}/_shards")
 
-    again = _extract_in_child(quickstart, store_root)
+    again = _extract_in_child(data_root, store_root)
     assert again.returncode == 0, again.stderr[-2000:]
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result == {"url": url, "written": 2, "skipped": 2}  # shards 2 and 3 rewritten, 0 and 1 kept
@@ -132,16 +126,13 @@ def test_extraction_killed_mid_shard_on_s3_then_resumed(s3, quickstart, tmp_path
 
     # the resumed S3 store equals one extracted in a single go on a local disk, bit for bit
     remote = FeatureStore(url)
-    adapter = get_dataset("quickstart", quickstart, category="brick")
-    local = FeatureStore(
-        extract_features(adapter, SPEC, str(tmp_path), shard_size=SHARD_SIZE, progress=False).url
-    )
+    local = FeatureStore(extract(get_dataset("mvtec_ad", data_root, category=TINY_CLASS), tmp_path).url)
     rows = np.arange(local.num_images)
-    assert remote.key == local.key and remote.num_images == 13
+    assert remote.key == local.key and remote.num_images == 4 * SHARD
     for ours, theirs in zip(remote.read(rows), local.read(rows), strict=True):
         assert np.array_equal(ours.numpy(), theirs.numpy())
     assert remote.manifest.equals(local.manifest)
-    assert remote.split("brick").train_rows.tolist() == local.split("brick").train_rows.tolist()
+    assert remote.split(TINY_CLASS).train_rows.tolist() == local.split(TINY_CLASS).train_rows.tolist()
 
 
 # ------------------------------------------------------------------------------------------------ reports

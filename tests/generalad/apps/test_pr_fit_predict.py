@@ -23,7 +23,7 @@ from PIL import Image
 
 from generalad.apps.predict_scoring import score_images
 from generalad.apps.predictor import load_predictor
-from tests.generalad.apps.conftest import run_cli
+from tests.fixtures.cli import run_cli
 
 EPOCHS = 10
 

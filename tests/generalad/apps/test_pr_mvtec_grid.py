@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.generalad.apps.conftest import run_cli
+from tests.fixtures.cli import run_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

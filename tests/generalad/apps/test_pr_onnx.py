@@ -15,7 +15,7 @@ from generalad.apps.predict_inputs import collect_images
 from generalad.apps.predictor import load_predictor
 from generalad.data.images import open_image
 from generalad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
-from tests.generalad.apps.conftest import run_cli
+from tests.fixtures.cli import run_cli
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

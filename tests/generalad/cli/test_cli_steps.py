@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from generalad.cli import main
-from tests.fixtures.datasets import make_mvtec
+from tests.fixtures.industrial_datasets import make_mvtec
 
 
 def _run(capsys, *argv: str | Path) -> tuple[int, str, str]:

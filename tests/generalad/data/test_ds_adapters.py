@@ -17,7 +17,8 @@ from generalad.data import (
     list_datasets,
 )
 from generalad.data.base import LABEL_BY_PROTOCOL
-from tests.fixtures.datasets import BUILDERS, DatasetFixture
+from tests.fixtures.dataset_fixture import DatasetFixture
+from tests.fixtures.datasets import BUILDERS
 
 KINDS = {
     "cifar10": "semantic",
@@ -175,7 +176,7 @@ def test_check_dataset_reports_a_missing_root(tmp_path: Path) -> None:
 
 
 def test_check_dataset_every_category_and_a_broken_one(tmp_path: Path) -> None:
-    from tests.fixtures.datasets import make_mvtec
+    from tests.fixtures.industrial_datasets import make_mvtec
 
     make_mvtec(tmp_path, category="bottle")
     make_mvtec(tmp_path, category="grid")
@@ -193,7 +194,7 @@ def test_check_dataset_every_category_and_a_broken_one(tmp_path: Path) -> None:
 
 
 def test_check_dataset_decoding_reports_broken_files(tmp_path: Path) -> None:
-    from tests.fixtures.datasets import make_mvtec
+    from tests.fixtures.industrial_datasets import make_mvtec
 
     make_mvtec(tmp_path)
     (tmp_path / "bottle" / "train" / "good" / "001.png").write_bytes(b"")

@@ -16,7 +16,14 @@ from generalad.data import FolderDataset, get_dataset
 from generalad.data.cifar import CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES
 from generalad.data.pickles import load_restricted_pickle
 from generalad.errors import DatasetError, ImageError
-from tests.fixtures.datasets import (
+from tests.fixtures.industrial_datasets import (
+    make_folder,
+    make_folder_dirs,
+    make_mvtec,
+    make_mvtec_loco,
+    make_visa,
+)
+from tests.fixtures.semantic_datasets import (
     make_aircraft,
     make_cars,
     make_cifar10_batches,
@@ -24,12 +31,7 @@ from tests.fixtures.datasets import (
     make_cifar100_batches,
     make_cifar100_folders,
     make_fmnist,
-    make_folder,
-    make_folder_dirs,
-    make_mvtec,
-    make_mvtec_loco,
     make_view,
-    make_visa,
 )
 
 
@@ -94,6 +96,8 @@ def test_restricted_unpickler_refuses_arbitrary_globals(tmp_path: Path) -> None:
     ):
         load_restricted_pickle(path)
     assert not (tmp_path / "pwned").exists()
+    pickle.loads(path.read_bytes())  # the control: a plain unpickling does run the payload
+    assert (tmp_path / "pwned").exists()
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(DatasetError, match="data_batch_1"):
         load_restricted_pickle(path)

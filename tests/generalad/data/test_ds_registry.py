@@ -9,7 +9,7 @@ import pytest
 from generalad.data import DatasetAdapter, get_dataset, get_dataset_class, list_datasets, register
 from generalad.data.mvtec import MVTecADDataset
 from generalad.errors import ConfigError, DatasetError
-from tests.fixtures.datasets import make_mvtec, make_visa
+from tests.fixtures.industrial_datasets import make_mvtec, make_visa
 
 EXPECTED = ["aircraft", "cars", "cifar10", "cifar100", "fmnist", "folder", "mpdd", "mvtec_ad", "mvtec_loco"]
 EXPECTED += ["quickstart", "view", "visa"]
