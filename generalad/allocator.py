@@ -2,10 +2,13 @@
 
 Why: glibc serves every block above its mmap threshold (at most 32 MiB by default) with a fresh ``mmap`` and
 unmaps it on free, so each activation of a training step (tens to hundreds of MB at batch 16 x 3 views) is
-page-faulted and zeroed by the kernel again at every step. Raising the mmap and trim thresholds keeps freed
-blocks in the heap for the next step. Measured on one thread (CPU time of a step at N = 256, batch 16 x 3 views):
-fp32 1.89 -> 1.54 s, bf16 0.87 -> 0.73 s. The cost: the process keeps its peak heap instead of returning it
-between steps, and the heap's fragmentation adds to the peak (process VmHWM after 5 such steps 1659 -> 1895 MB).
+page-faulted and zeroed by the kernel again at every step. Raising the mmap threshold to `THRESHOLD` and never
+trimming keeps freed blocks up to that size in the heap for the next step; larger ones (the MLP activations at
+518 px) still come and go by mmap, because in the heap their fragmentation doubled the process's memory.
+Measured on one thread, CPU time per step and process peak (VmHWM) after 4 steps of batch 16 x 3 views, fp32,
+on an Intel Xeon with AMX: N = 256 (224 px) 1.86 -> 1.61 s, 1527 -> 1799 MB; N = 1369 (518 px) 16.2 -> 14.9 s,
+4082 -> 5625 MB (with a 1 GiB threshold: 13.7 s but 6.6-7.6 GB, growing over steps). The process keeps its
+peak heap instead of returning it between steps.
 
 Set once per process, on Linux with glibc only, and never where the user chose: ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own tunables, read at start) leave it alone, and
@@ -22,7 +25,7 @@ import sys
 __all__ = ["MALLOC_ENV", "THRESHOLD", "tune_for_training"]
 
 MALLOC_ENV = "GENERALAD_MALLOC"
-THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap; freed memory below it stays there
+THRESHOLD = 128 << 20  # blocks up to 128 MiB (every activation at 224 px) come from the heap and stay there
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 _GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 _done: list[bool] = []
