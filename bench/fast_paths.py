@@ -7,8 +7,10 @@
    numbers are a sanity check of equivalence, not of the method). The two paths draw different dropout masks,
    so a seed's two AUROCs differ a little; what must hold is the same mean within the seeds' spread.
 2. Time per epoch of an industrial-sized class at 224 px (54 training images, 3 steps of 16, the industrial
-   preset, fp32) from a fp16 store on disk, old vs new interleaved per round (median of per-round ratios), wall
-   clock and process CPU time (all threads: the read-ahead thread too).
+   preset) from a fp16 store on disk: the old path in fp32 (``GENERALAD_KERNELS=reference``,
+   ``GENERALAD_STORE_READS=zarr``, ``GENERALAD_MALLOC=default``), the new one in fp32 and in bf16, each run in a
+   fresh process, interleaved per round (median of per-round ratios), wall clock and process CPU time (all
+   threads: the read-ahead thread too).
 
 Usage::
 
@@ -80,25 +82,53 @@ def equivalence(tmp: Path, seeds: int, epochs: int, size: int) -> list[dict]:
     return rows
 
 
-def epoch_times(tmp: Path, rounds: int, epochs: int) -> dict[str, dict[str, list[float]]]:
-    """Per-epoch wall and CPU seconds (median over a run's epochs) per round, old and new alternating."""
-    from generalad.apps.train_job import train_from_store
-    from generalad.method.kernels import reference_kernels
-    from generalad.method.presets import preset_for
-    from storage.feature_store import FeatureStore
+# one training run in a fresh process (the allocator setting is per process), timed from inside: prints JSON
+_EPOCH_PROBE = """
+import json, statistics, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from generalad.apps.train_job import train_from_store
+from generalad.method.presets import preset_for
+from storage.feature_store import FeatureStore
+url, epochs, seed, threads, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+preset = preset_for("mvtec_ad").with_overrides(epochs=epochs)
+cpu = time.process_time()
+result = train_from_store(FeatureStore(url), "a", preset=preset, seed=seed, progress=False, precision=precision)
+cpu = (time.process_time() - cpu) / epochs  # scoring included; dominated by the epochs
+print(json.dumps({"wall": statistics.median(h["seconds"] for h in result.history), "cpu": cpu}))
+"""
+
+# the paths timed: environment switches restore the path before the kernels, byte-range reads and allocator
+EPOCH_VARIANTS: dict[str, tuple[dict[str, str], str]] = {
+    "old": (
+        {"GENERALAD_KERNELS": "reference", "GENERALAD_STORE_READS": "zarr", "GENERALAD_MALLOC": "default"},
+        "fp32",
+    ),
+    "new": ({}, "fp32"),
+    "new_bf16": ({}, "bf16"),
+}
+
+
+def epoch_times(tmp: Path, rounds: int, epochs: int, threads: int) -> dict[str, dict[str, list[float]]]:
+    """Per-epoch wall and CPU seconds (median over a run's epochs) per round and variant, each run in a fresh
+    process, the variants' order reversed every other round."""
+    import json
+    import os
+    import subprocess
+    import sys
 
     url = synthetic_store(str(tmp / "g16.zarr"), classes=("a", "b"), n_train=54, n_test_per_class=49, grid=16)
-    preset = preset_for("mvtec_ad").with_overrides(epochs=epochs)
-    out: dict[str, dict[str, list[float]]] = {"new": {"wall": [], "cpu": []}, "old": {"wall": [], "cpu": []}}
+    out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in EPOCH_VARIANTS}
+    names = list(EPOCH_VARIANTS)
     for r in range(rounds):
-        for name in ("new", "old") if r % 2 == 0 else ("old", "new"):
-            store = FeatureStore(url, reads="zarr" if name == "old" else "runs")
-            cpu = time.process_time()
-            with reference_kernels(name == "old"):
-                result = train_from_store(store, "a", preset=preset, seed=r, progress=False)
-            cpu = time.process_time() - cpu
-            out[name]["wall"].append(median([h["seconds"] for h in result.history]))
-            out[name]["cpu"].append(cpu / epochs)  # scoring included; dominated by the epochs
+        for name in names if r % 2 == 0 else names[::-1]:
+            env, precision = EPOCH_VARIANTS[name]
+            clean = {k: v for k, v in os.environ.items() if k not in EPOCH_VARIANTS["old"][0]}
+            argv = [sys.executable, "-c", _EPOCH_PROBE, url, str(epochs), str(r), str(threads), precision]
+            done = subprocess.run(argv, env={**clean, **env}, capture_output=True, text=True, check=True)
+            timing = json.loads(done.stdout.strip().splitlines()[-1])
+            out[name]["wall"].append(timing["wall"])
+            out[name]["cpu"].append(timing["cpu"])
     return out
 
 
@@ -140,24 +170,39 @@ def auroc_report(aurocs: list[dict]) -> list[dict]:
 
 
 def epoch_report(times: dict[str, dict[str, list[float]]]) -> tuple[float, float, list[dict]]:
-    """Old / new time per epoch, wall and process CPU (median of per-round ratios), printed; and summary rows."""
-    ratio_wall = median([o / n for o, n in zip(times["old"]["wall"], times["new"]["wall"], strict=True)])
-    ratio_cpu = median([o / n for o, n in zip(times["old"]["cpu"], times["new"]["cpu"], strict=True)])
+    """Old / new time per epoch, wall and process CPU (median of per-round ratios), fp32 and bf16, printed; and
+    summary rows."""
+
+    def ratio(new: str, clock: str) -> float:
+        return median([o / n for o, n in zip(times["old"][clock], times[new][clock], strict=True)])
+
+    ratio_wall, ratio_cpu = ratio("new", "wall"), ratio("new", "cpu")
+    bf16_wall, bf16_cpu = ratio("new_bf16", "wall"), ratio("new_bf16", "cpu")
     print(
-        f"\nper epoch, 224 px industrial class (54 train images, fp32): old / new = {ratio_wall:.2f} (wall), "
-        f"{ratio_cpu:.2f} (process CPU); new {median(times['new']['wall']):.2f} s, old "
-        f"{median(times['old']['wall']):.2f} s (wall, median of rounds)"
+        f"\nper epoch, 224 px industrial class (54 train images): old fp32 / new fp32 = {ratio_wall:.2f} (wall), "
+        f"{ratio_cpu:.2f} (process CPU); old fp32 / new bf16 = {bf16_wall:.2f} (wall), {bf16_cpu:.2f} (CPU); "
+        f"wall s, median of rounds: old {median(times['old']['wall']):.2f}, new {median(times['new']['wall']):.2f},"
+        f" new bf16 {median(times['new_bf16']['wall']):.2f}"
     )
     summary = [
         check(
             "12 epoch",
-            "old / new time per epoch, 224 px industrial (wall)",
+            "old / new time per epoch, 224 px industrial, fp32 (wall)",
             ratio_wall,
             1.7,
             ">=",
             fmt="{:.2f}",
         ),
         check("12 epoch", "  same, process CPU time (info)", ratio_cpu, fmt="{:.2f}"),
+        check(
+            "12 epoch",
+            "old fp32 / new bf16 per epoch (wall; CPUs with bf16 units)",
+            bf16_wall,
+            3.0,
+            ">=",
+            fmt="{:.2f}",
+        ),
+        check("12 epoch", "  same, process CPU time (info)", bf16_cpu, fmt="{:.2f}"),
     ]
     return ratio_wall, ratio_cpu, summary
 
@@ -173,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = loadavg()
     with scratch_dir("fast-paths") as tmp:
         aurocs = equivalence(tmp, seeds, epochs, args.size)
-        times = epoch_times(tmp, rounds, epochs=2)
+        times = epoch_times(tmp, rounds, epochs=2, threads=args.threads)
     print(
         f"\nimage AUROC, new vs old paths, {seeds} seeds, {epochs} epochs, {args.size} px; load {load_start}"
     )
