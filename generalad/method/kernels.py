@@ -23,6 +23,7 @@ before these kernels); `reference_kernels` does the same in code. Other devices 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -42,12 +43,14 @@ __all__ = [
 ]
 
 KERNELS_ENV = "GENERALAD_KERNELS"
-# scores per attention block: 2^18 float32 = 1 MiB, one core's L2 on the machines measured (AMD EPYC). With
-# several torch threads every op of a block is a parallel region whose start and join cost more than the L2
-# misses of larger blocks (measured: 2-thread steps at N = 256 ran 1.5-3x slower with 1 MiB blocks than with
-# 8 MiB ones), so blocks grow by THREADED_BLOCK_FACTOR there
+# scores per attention block: float32 scores filling one core's L2 (`_l2_elements`: 2^18 = 1 MiB on the AMD
+# EPYC measured, 2^19 on the Intel Xeon with 2 MiB, where 2^19 ran 4 % faster than 2^18 at N = 1369 and 2^20
+# 2 % slower), BLOCK_ELEMENTS where the cache size is unknown. With several torch threads every op of a block is
+# a parallel region whose start and join cost more than the L2 misses of larger blocks (measured: 2-thread steps
+# at N = 256 ran 1.5-3x slower with 1 MiB blocks than with 8 MiB ones), so blocks grow by THREADED_BLOCK_FACTOR
 BLOCK_ELEMENTS = 1 << 18
 THREADED_BLOCK_FACTOR = 8
+_L2_SIZE = "/sys/devices/system/cpu/cpu0/cache/index2/size"
 _mode: list[str] = [os.environ.get(KERNELS_ENV, "").strip().lower() or "auto"]  # auto | cpu | reference
 
 
@@ -132,8 +135,19 @@ class Dropout(nn.Dropout):
         return _DropoutFunction.apply(x, self.p)
 
 
+@functools.cache
+def _l2_elements() -> int:
+    """float32 elements in one core's L2 (Linux sysfs), a power of two in [2^16, 2^20]; BLOCK_ELEMENTS if unknown."""
+    try:
+        text = open(_L2_SIZE, encoding="ascii").read().strip().upper()
+        size = int(text.rstrip("KMB")) * {"K": 1 << 10, "M": 1 << 20}.get(text.rstrip("B")[-1:], 1)
+    except (OSError, ValueError):
+        return BLOCK_ELEMENTS
+    return 1 << min(20, max(16, (size // 4).bit_length() - 1))
+
+
 def _block_elements() -> int:
-    return BLOCK_ELEMENTS * (1 if torch.get_num_threads() == 1 else THREADED_BLOCK_FACTOR)
+    return _l2_elements() * (1 if torch.get_num_threads() == 1 else THREADED_BLOCK_FACTOR)
 
 
 def _blocks(groups: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:

@@ -185,3 +185,24 @@ def test_bf16_autocast_trains_through_the_kernels_close_to_fp32():
         out = kernels.dropout_attention(q.bfloat16(), q.bfloat16(), q.bfloat16(), 0.2)
         (out.float().sum() + layer(q).float().sum()).backward()
     assert out.dtype == torch.bfloat16 and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("size", "elements"),
+    [
+        ("1024K", 1 << 18),
+        ("2048K", 1 << 19),
+        ("1280K", 1 << 18),
+        ("64K", 1 << 16),
+        ("32M", 1 << 20),
+        ("?", None),
+    ],
+)
+def test_attention_blocks_fill_one_cores_l2(tmp_path, monkeypatch, size, elements):
+    (tmp_path / "size").write_text(size + "\n")
+    monkeypatch.setattr(kernels, "_L2_SIZE", str(tmp_path / "size"))
+    kernels._l2_elements.cache_clear()
+    try:
+        assert kernels._l2_elements() == (elements or kernels.BLOCK_ELEMENTS)
+    finally:
+        kernels._l2_elements.cache_clear()
