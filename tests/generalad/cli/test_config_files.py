@@ -1,4 +1,4 @@
-"""`--config FILE.toml` (generalad.cli.config_file) and TOML suites (flows.suites.load_suite_file): values reach
+"""`--config FILE.toml` (generalad.cli.config_file) and TOML suites (flows.suite_file.load_suite_file): values reach
 the same parser, flags override the file, errors name the file's key, and the examples in examples/ are valid."""
 
 from __future__ import annotations
