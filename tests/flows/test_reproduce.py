@@ -9,10 +9,15 @@ backbone's blocks contribute almost nothing; these tests exercise the plumbing, 
 - a two-class suite whose second class cannot train (sigma=1e30 gives a NaN loss -> TrainingError) plus a
   dataset with no root: the flow writes the good rows and the failed row, then ends Failed naming both;
 - the suite on an existing Dask cluster named by DASK_SCHEDULER_ADDRESS.
+- a class task whose training hangs, on an in-process cluster: `task_timeout_s` stops it and the flow ends
+  Failed naming its timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -113,8 +118,7 @@ def test_progress_artifacts_reach_100_percent(two_runs):
     assert progress == {"extraction-progress": 100.0, "training-progress": 100.0}
 
 
-def test_task_timeout_from_the_estimate_or_the_parameter(two_runs, store_root, tmp_path):
-    from flows.reproduce import SuiteFailed, reproduce_all
+def test_task_timeout_from_the_estimate_or_the_parameter(two_runs):
     from flows.train import ClassJob, estimate_train_seconds, timeout_for
     from generalad.errors import ConfigError
 
@@ -126,10 +130,60 @@ def test_task_timeout_from_the_estimate_or_the_parameter(two_runs, store_root, t
     assert timeout_for(job, 5) == 5.0
     with pytest.raises(ConfigError):
         timeout_for(job, 0)
-    with pytest.raises(SuiteFailed, match="class task brick.*(TimeoutError|TimedOut)"):
-        reproduce_all(
-            suite="smoke", reports=str(tmp_path), store=str(store_root), retrain=True, task_timeout_s=0.01
-        )
+
+
+HUNG_TIMEOUT_S = 2.0  # far above the few ms Prefect spends in the scope before the task body, even under load
+HUNG_LIMIT_S = 120.0  # a timeout that never fires fails the test at this bound instead of hanging it
+# The hung training's state: module level, as the task is pickled to the in-process worker with a reference to
+# `_hung_training` (a closure would be pickled by value: a copy of its list, and an Event does not pickle).
+_RELEASE = threading.Event()
+_STOPS: list[type] = []
+
+
+def _hung_training(*args, **kwargs):
+    """A training step that never ends by itself: it loops on `_RELEASE` until the task timeout's exception
+    stops it (recorded in `_STOPS`), or fails at `HUNG_LIMIT_S`."""
+    try:
+        deadline = time.monotonic() + HUNG_LIMIT_S
+        while time.monotonic() < deadline:
+            if _RELEASE.wait(0.01):  # short waits: the injected exception is raised between two of them
+                break
+    except BaseException as exc:  # noqa: BLE001 - recorded, then raised on
+        _STOPS.append(type(exc))
+        raise
+    raise AssertionError("the task timeout never stopped the hung training")
+
+
+def test_a_hung_class_task_is_stopped_by_the_task_timeout(two_runs, store_root, tmp_path, monkeypatch):
+    """`task_timeout_s` reaches the class task, whose training hangs: the timeout stops it, the suite fails naming it.
+
+    The hang is a loop on an event in the task's training step, on an in-process Dask cluster: Prefect's timeout
+    in a worker thread is an exception injected into that thread at whatever it runs then. Against a real training
+    (and a 0.01 s timeout) that is anywhere in Prefect's engine, zarr or torch, fresh imports included: under load it
+    hung the flow or lost the error. Here it always lands in the loop, which records it and lets it go on.
+    """
+    import flows.train
+    from flows.reproduce import SuiteFailed, reproduce_all
+
+    _RELEASE.clear()
+    _STOPS.clear()
+    monkeypatch.setattr(flows.train, "train_from_store", _hung_training)
+    try:
+        with thread_cluster() as cluster, pytest.raises(SuiteFailed) as failed:
+            reproduce_all(
+                suite="smoke",
+                reports=str(tmp_path),
+                store=str(store_root),
+                dask_address=cluster.scheduler_address,
+                retrain=True,  # the smoke class is cached by now and would not reach the cluster
+                task_timeout_s=HUNG_TIMEOUT_S,
+            )
+    finally:
+        _RELEASE.set()  # a hung training left behind ends now, not at its bound
+    assert re.search(
+        rf"class task brick.*(TimeoutError|TimedOut).* {HUNG_TIMEOUT_S:g}(\.0)? second", str(failed.value)
+    ), str(failed.value)
+    assert _STOPS and all(issubclass(stop, asyncio.CancelledError) for stop in _STOPS), _STOPS  # Prefect's
 
 
 # ------------------------------------------------------------------ what reruns: a changed preset, a corrupt record
