@@ -70,3 +70,26 @@ def test_bad_configs_and_inputs():
         Discriminator(16, 10, num_heads=4)
     with pytest.raises(ConfigError, match="expects"):
         Discriminator(16, 8)(torch.randn(1, 15, 8))
+
+
+def test_mlp_over_token_chunks_equals_one_pass(monkeypatch):
+    """The CPU's chunked MLP (chunks of 7 tokens here; 60 in all, so the last chunk is short) gives the same
+    logits and parameter gradients as one pass, in eval mode, and keeps dropout in train mode."""
+    from generalad.method import discriminator
+
+    torch.manual_seed(0)
+    model = Discriminator(20, 16, num_heads=4, mlp_dim=24, num_blocks=2, dropout=0.1).double().eval()
+    x = torch.randn(3, 20, 16, dtype=torch.float64)
+
+    def logits_and_grads():
+        logits = model(x)
+        return logits.detach(), torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+
+    whole, whole_grads = logits_and_grads()
+    monkeypatch.setattr(discriminator, "MLP_CHUNK_BYTES", 7 * 4 * 24)
+    chunked, chunked_grads = logits_and_grads()
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-13)
+    for a, b in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    model.train()
+    assert not torch.equal(model(x), model(x))
