@@ -19,7 +19,11 @@ Usage::
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +97,7 @@ torch.set_num_threads(int(sys.argv[4]))
 from generalad.apps.train_job import train_from_store
 from generalad.method.presets import preset_for
 from storage.feature_store import FeatureStore
-url, epochs, seed, threads, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+url, epochs, seed, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
 preset = preset_for("mvtec_ad").with_overrides(epochs=epochs)
 cpu = time.process_time()
 result = train_from_store(FeatureStore(url), "a", preset=preset, seed=seed, progress=False, precision=precision)
@@ -115,18 +119,13 @@ EPOCH_VARIANTS: dict[str, tuple[dict[str, str], str]] = {
 def epoch_times(tmp: Path, rounds: int, epochs: int, threads: int) -> dict[str, dict[str, list[float]]]:
     """Per-epoch wall and CPU seconds (median over a run's epochs) per round and variant, each run in a fresh
     process, the variants' order reversed every other round."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     url = synthetic_store(str(tmp / "g16.zarr"), classes=("a", "b"), n_train=54, n_test_per_class=49, grid=16)
     out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in EPOCH_VARIANTS}
     names = list(EPOCH_VARIANTS)
+    clean = {k: v for k, v in os.environ.items() if k not in EPOCH_VARIANTS["old"][0]}  # no caller's switches
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             env, precision = EPOCH_VARIANTS[name]
-            clean = {k: v for k, v in os.environ.items() if k not in EPOCH_VARIANTS["old"][0]}
             argv = [sys.executable, "-c", _EPOCH_PROBE, url, str(epochs), str(r), str(threads), precision]
             done = subprocess.run(argv, env={**clean, **env}, capture_output=True, text=True, check=True)
             timing = json.loads(done.stdout.strip().splitlines()[-1])

@@ -256,6 +256,12 @@ def print_report(args, cfg: Config, views: int, device, m: dict, a: dict, peaks,
         print(
             "peak memory of a step above the RSS before it (VmHWM, max of rounds): "
             + ", ".join(f"{name} {max(values):,.0f} MB" for name, values in peaks.items())
+            + (
+                " (allocator tuned: the heap keeps earlier steps' blocks, so these understate; bench/memory.py"
+                " measures what a run needs)"
+                if cfg.allocator_tuned
+                else ""
+            )
         )
     split, reference_split = m["split"], m["reference_split"]
     kinds = list(dict.fromkeys([*split, *reference_split]))

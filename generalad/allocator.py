@@ -27,6 +27,7 @@ __all__ = ["MALLOC_ENV", "THRESHOLD", "tune_for_training"]
 MALLOC_ENV = "GENERALAD_MALLOC"
 THRESHOLD = 128 << 20  # blocks up to 128 MiB (every activation at 224 px) come from the heap and stay there
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_NEVER_TRIM = -1  # M_TRIM_THRESHOLD's value that turns trimming off
 _GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 _done: list[bool] = []
 
@@ -52,6 +53,4 @@ def _apply() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, -1)
-    )  # -1: never trim
+    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))

@@ -27,6 +27,7 @@ import functools
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +140,7 @@ class Dropout(nn.Dropout):
 def _l2_elements() -> int:
     """float32 elements in one core's L2 (Linux sysfs), a power of two in [2^16, 2^20]; BLOCK_ELEMENTS if unknown."""
     try:
-        text = open(_L2_SIZE, encoding="ascii").read().strip().upper()
+        text = Path(_L2_SIZE).read_text(encoding="ascii").strip().upper()
         size = int(text.rstrip("KMB")) * {"K": 1 << 10, "M": 1 << 20}.get(text.rstrip("B")[-1:], 1)
     except (OSError, ValueError):
         return BLOCK_ELEMENTS
@@ -169,7 +170,7 @@ class _DropoutAttentionFunction(torch.autograd.Function):
     """softmax(q k^T) with dropout (mask of block b from seed + b), times v; q (pre-scaled), k, v are (G, N, d).
 
     The matrix products run in the inputs' dtype (float32, or bfloat16 under bf16 autocast: the CPU's bf16
-    matrix units, AMX or AVX-512 BF16); scores, softmax statistics, the output and dq, dk, dv in float32.
+    matrix units, AMX or AVX-512 BF16); the softmax of their scores, the output and dq, dk, dv in float32.
     """
 
     @staticmethod
