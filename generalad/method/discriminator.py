@@ -18,8 +18,8 @@ Kernels: the parameters live in ``nn.MultiheadAttention`` (``attn.in_proj_*``, `
 models load either way, but the block computes attention itself: ``F.scaled_dot_product_attention`` (a fused
 kernel) in eval mode and on GPUs, and on the CPU in train mode `generalad.method.kernels.dropout_attention`,
 because torch's CPU kernels with dropout fall back to unfused math; the dropouts draw cheaper masks there too.
-The kernels run by default with one torch thread only (``GENERALAD_KERNELS`` and `kernels.reference_kernels`
-choose; see `generalad.method.kernels` for when they pay).
+``GENERALAD_KERNELS=reference`` and `kernels.reference_kernels` switch back to torch's own modules (see
+`generalad.method.kernels` for when the kernels pay).
 """
 
 from __future__ import annotations

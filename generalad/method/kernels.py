@@ -12,12 +12,14 @@ N = 1369, batch 48, 4 heads) and draws the mask at ~6 ns per element. Two change
   and regenerates its mask from the block's seed (the flash-attention scheme, with dropout). Under bf16
   autocast the matrix products run in bf16 (the CPU's AMX / AVX-512 BF16 units), the softmax in float32.
 
-When: on the CPU with ONE torch thread (a Dask worker's task, the benchmarks' CPU clock), where they were
-measured faster (1.09x per step at N = 256, 1.23x at N = 1369) and 2.4x leaner (peak step memory at N = 1369).
-With several threads they are off by default: on a loaded 2-core machine the per-op parallel regions of the
-blocks and the sequential mask generator cost 2x the CPU time of torch's path per epoch.
-``GENERALAD_KERNELS=cpu`` forces them on, ``GENERALAD_KERNELS=reference`` off (torch's own modules, the path
-before these kernels); `reference_kernels` does the same in code. Other devices always use torch's modules.
+When: on the CPU in train mode, with any number of torch threads. Measured per step with one thread (1.09x at
+N = 256, 1.23x at N = 1369 on an AMD EPYC; 2.4x leaner at N = 1369), and per epoch of a 224 px industrial
+class with two threads on a 2-core Intel Xeon with AMX: fp32 1.22x, bf16 1.6x faster than torch's path on a
+quiet machine, the same within noise with a busy process beside it. (They used to be on with one thread only,
+after 2-thread epochs took 2x the CPU time of torch's path on a 2-core AMD EPYC at load 11-24; a machine that
+behaves so can set the switch below.)
+``GENERALAD_KERNELS=reference`` turns them off (torch's own modules, the path before these kernels);
+`reference_kernels` does the same in code. Other devices always use torch's modules.
 """
 
 from __future__ import annotations
@@ -52,13 +54,12 @@ KERNELS_ENV = "GENERALAD_KERNELS"
 BLOCK_ELEMENTS = 1 << 18
 THREADED_BLOCK_FACTOR = 8
 _L2_SIZE = "/sys/devices/system/cpu/cpu0/cache/index2/size"
-_mode: list[str] = [os.environ.get(KERNELS_ENV, "").strip().lower() or "auto"]  # auto | cpu | reference
+_mode: list[str] = [os.environ.get(KERNELS_ENV, "").strip().lower() or "cpu"]  # cpu | reference
 
 
 def use_reference() -> bool:
     """Whether the discriminator runs torch's own attention and dropout (see the module docstring: when)."""
-    mode = _mode[0]
-    return mode == "reference" or (mode != "cpu" and torch.get_num_threads() > 1)
+    return _mode[0] == "reference"
 
 
 @contextlib.contextmanager

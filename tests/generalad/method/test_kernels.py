@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -157,18 +160,20 @@ def test_discriminator_train_mode_is_seeded_and_switchable():
         assert not kernels.use_reference()
 
 
-def test_kernels_default_to_single_threaded_runs(monkeypatch):
-    monkeypatch.setattr(kernels, "_mode", ["auto"])
+def test_kernels_are_on_by_default_at_any_thread_count_and_the_switch_turns_them_off(monkeypatch):
+    probe = "import torch; from generalad.method import kernels; print(kernels.use_reference())"
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        assert not kernels.use_reference()
-        torch.set_num_threads(2)
-        assert kernels.use_reference()
-        monkeypatch.setattr(kernels, "_mode", ["cpu"])
-        assert not kernels.use_reference()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            monkeypatch.setattr(kernels, "_mode", ["cpu"])  # the default, as read from an unset switch
+            assert not kernels.use_reference()
     finally:
         torch.set_num_threads(threads)
+    for value, expected in (("", "False"), ("reference", "True"), ("Reference ", "True"), ("cpu", "False")):
+        env = {k: v for k, v in os.environ.items() if k != kernels.KERNELS_ENV} | {kernels.KERNELS_ENV: value}
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == expected, (value, done.stdout, done.stderr)
 
 
 def test_bf16_autocast_trains_through_the_kernels_close_to_fp32():
