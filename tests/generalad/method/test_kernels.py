@@ -172,7 +172,9 @@ def test_kernels_are_on_by_default_at_any_thread_count_and_the_switch_turns_them
         torch.set_num_threads(threads)
     for value, expected in (("", "False"), ("reference", "True"), ("Reference ", "True"), ("cpu", "False")):
         env = {k: v for k, v in os.environ.items() if k != kernels.KERNELS_ENV} | {kernels.KERNELS_ENV: value}
-        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        )
         assert done.stdout.strip() == expected, (value, done.stdout, done.stderr)
 
 
