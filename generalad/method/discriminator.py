@@ -80,9 +80,8 @@ class DiscriminatorBlock(nn.Module):
         """``self.mlp(x)``; on the CPU over chunks of tokens whose hidden activations stay under
         `MLP_CHUNK_BYTES` (the MLP acts on each token alone: equal in eval mode, the same dropout distribution
         in training)."""
-        rows = max(
-            1, MLP_CHUNK_BYTES // (4 * self.mlp[0].out_features)
-        )  # float32 hidden, the widest on a CPU
+        # rows per chunk: the hidden activations counted as float32, the widest dtype they take on a CPU
+        rows = max(1, MLP_CHUNK_BYTES // (4 * self.mlp[0].out_features))
         flat = x.reshape(-1, x.shape[-1])
         if x.device.type != "cpu" or flat.shape[0] <= rows:
             return self.mlp(x)

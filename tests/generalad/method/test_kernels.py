@@ -162,11 +162,11 @@ def test_discriminator_train_mode_is_seeded_and_switchable():
 
 def test_kernels_are_on_by_default_at_any_thread_count_and_the_switch_turns_them_off(monkeypatch):
     probe = "import torch; from generalad.method import kernels; print(kernels.use_reference())"
+    monkeypatch.setattr(kernels, "_mode", ["cpu"])  # the default, as read from an unset switch
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            monkeypatch.setattr(kernels, "_mode", ["cpu"])  # the default, as read from an unset switch
             assert not kernels.use_reference()
     finally:
         torch.set_num_threads(threads)
