@@ -26,9 +26,12 @@ def _masks_of_call(shape: tuple[int, int, int], p: float, seed: int) -> torch.Te
     return keep
 
 
+# the budget for kept weights: none (all recomputed), about two blocks of 64 float64 scores (9 bytes each), all
+@pytest.mark.parametrize("keep_bytes", [0, 2 * 64 * 9, 1 << 40])
 @pytest.mark.parametrize("block_elements", [64, 4096, 1 << 18])  # query-row blocks, head groups, one block
-def test_dropout_attention_equals_the_explicit_formula_with_its_mask(monkeypatch, block_elements):
+def test_dropout_attention_equals_the_explicit_formula_with_its_mask(monkeypatch, block_elements, keep_bytes):
     monkeypatch.setattr(kernels, "_block_elements", lambda: block_elements)
+    monkeypatch.setattr(kernels, "memory_budget", lambda device: keep_bytes)
     torch.manual_seed(0)
     groups, rows, dim, p = 6, 37, 8, 0.3
     q, k, v = (torch.randn(groups, rows, dim, dtype=torch.float64, requires_grad=True) for _ in range(3))
@@ -72,6 +75,32 @@ def test_bf16_dropout_attention_is_the_formula_to_bf16_rounding(monkeypatch, blo
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs, strict=True):
         error = ((a.double() - b).norm() / b.norm()).item()
         assert error < 2e-2, (name, error)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_and_recomputed_weights_give_the_same_bits_and_survive_a_second_backward(monkeypatch, dtype):
+    """Keeping every block's weights, some, or none changes the memory, never a bit of the output or gradients;
+    a second backward through a retained graph reads the kept weights unchanged."""
+    monkeypatch.setattr(kernels, "_block_elements", lambda: 300)  # 3 x 37 x 37 scores: 15 blocks
+    torch.manual_seed(0)
+    inputs = [torch.randn(3, 37, 8, dtype=dtype) for _ in range(3)]
+    grad = torch.randn(3, 37, 8, dtype=dtype)
+
+    def run(keep_bytes: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(kernels, "memory_budget", lambda device: keep_bytes)
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        torch.manual_seed(7)
+        out = kernels.dropout_attention(*leaves, 0.2)
+        first = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+        second = torch.autograd.grad(out, leaves, grad)
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a, b)
+        return [out, *first]
+
+    recomputed = run(0)
+    for keep_bytes in (5 * 300, 1 << 40):  # about the first block, every block
+        for a, b in zip(recomputed, run(keep_bytes), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_dropout_attention_matches_torch_in_distribution():
