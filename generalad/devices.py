@@ -145,7 +145,8 @@ HOLD_BYTES_ENV = "GENERALAD_HOLD_BYTES"
 
 def memory_budget(device: torch.device) -> int:
     """Bytes a task may keep resident on ``device`` for reuse: per-epoch test features, and on the CPU a training
-    step's attention weights for its backward (`generalad.method.kernels`).
+    step's attention weights for its backward (`generalad.method.kernels`); each takes up to this much on its
+    own, so the two together may hold twice it.
 
     ``$GENERALAD_HOLD_BYTES`` when set; on CUDA half of the free device memory; on the CPU a quarter of the
     physical memory shared among one task per core (the Dask plan runs that many at once); meta: unbounded.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -193,14 +194,15 @@ class _DropoutAttentionFunction(torch.autograd.Function):
         out = torch.empty(q.shape, dtype=wide, device=q.device)
         # the blocks do not depend on keep_bytes: the masks (seeded per block) and so the results do not either
         blocks = _blocks(q.shape[0], q.shape[1], k.shape[1])
-        kept: list[torch.Tensor] = []  # weights, mask of blocks 0, 1, ... while they fit in keep_bytes
         bytes_per_score = wide.itemsize + 1  # the float weights and the uint8 mask
+        sizes = ((g1 - g0) * (i1 - i0) * k.shape[1] * bytes_per_score for g0, g1, i0, i1 in blocks)
+        kept_blocks = sum(total <= keep_bytes for total in itertools.accumulate(sizes))  # a leading run
+        kept: list[torch.Tensor] = []  # weights, mask of the first kept_blocks blocks
         scratch = _Scratch(wide, q.device)
         for index, (g0, g1, i0, i1) in enumerate(blocks):
             weights = _weights(q[g0:g1, i0:i1], k[g0:g1], wide)
             mask = _block_mask(weights.shape, p, seed, index, q.device)
-            keep_bytes -= weights.numel() * bytes_per_score
-            if len(kept) == 2 * index and keep_bytes >= 0:
+            if index < kept_blocks:
                 kept += [weights, mask]
                 dropped = torch.mul(weights, mask.to(wide), out=scratch.like(weights))
             else:
@@ -228,7 +230,7 @@ class _DropoutAttentionFunction(torch.autograd.Function):
         for index, (g0, g1, i0, i1) in enumerate(ctx.blocks):
             qb, kb, vb, gb = q[g0:g1, i0:i1], k[g0:g1], v[g0:g1], grad_out[g0:g1, i0:i1]
             first = i0 == 0  # the first query block of a head writes dk, dv; later ones add
-            is_kept = 2 * index < len(kept)
+            is_kept = index < len(kept) // 2
             if is_kept:
                 weights, keep = kept[2 * index], kept[2 * index + 1]
             else:
